@@ -1,0 +1,56 @@
+"""Encoding of wire models to NATS payload + headers, and back.
+
+Every message carries ``Halo-Schema``; decoding resolves it through the schema registry, so a
+message with an unknown schema id (or the wrong one for an endpoint) becomes a :class:`BadRequest`
+naming the id — never a crash in the consumer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from halo_common.errors import BadRequest
+from halo_schemas.base import UnknownSchema, describe_validation_error, model_for
+
+SCHEMA_HEADER = "Halo-Schema"
+CORRELATION_HEADER = "Halo-Correlation-Id"
+MSG_ID_HEADER = "Nats-Msg-Id"
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+ERROR_PARAM_HEADER = "Halo-Error-Param"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode(msg: BaseModel, headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """Payload bytes and headers (``Halo-Schema`` and a correlation id added) for ``msg``."""
+    sid = getattr(type(msg), "schema_id", "")
+    if not sid:
+        raise TypeError(f"{type(msg).__name__} has no schema_id and cannot go on the bus")
+    out = dict(headers or {})
+    out[SCHEMA_HEADER] = sid
+    out.setdefault(CORRELATION_HEADER, uuid.uuid4().hex)
+    return msg.model_dump_json().encode(), out
+
+
+def decode(data: bytes, headers: dict[str, str] | None, expected: type[M] | None = None) -> M:
+    """Rebuild the model named by the ``Halo-Schema`` header; checks it is ``expected`` when given."""
+    sid = (headers or {}).get(SCHEMA_HEADER)
+    if not sid:
+        raise BadRequest("message has no Halo-Schema header", param=SCHEMA_HEADER)
+    try:
+        cls = model_for(sid)
+    except UnknownSchema:
+        raise BadRequest(f"unknown schema id {sid!r}", param=SCHEMA_HEADER) from None
+    if expected is not None and not issubclass(cls, expected):
+        raise BadRequest(
+            f"schema {sid!r} is not accepted here; expected {getattr(expected, 'schema_id', expected.__name__)!r}",
+            param=SCHEMA_HEADER,
+        )
+    try:
+        return cls.model_validate_json(data)  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise BadRequest(describe_validation_error(exc, what=sid)) from None

@@ -1,0 +1,416 @@
+"""The real bus: nats-py core request/reply (NATS micro services), JetStream work queues and
+events, and a JetStream KV bucket for job state. Reconnects forever; JetStream state survives a
+nats-server restart because the streams use file storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.micro
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
+from pydantic import BaseModel
+
+from halo_bus import codec, subjects, tracing
+from halo_bus._shared import raise_if_error, run_job_handler, run_rpc_handler
+from halo_bus.api import Bus, EventRecord, Handler, JobDelivery, M, ServiceRegistration, Subscription
+from halo_common.errors import Unavailable
+from halo_schemas.health import ServiceInfo
+
+log = logging.getLogger("halo_bus.nats")
+
+EVENTS_MAX_AGE_S = 30 * 24 * 3600
+DUPLICATE_WINDOW_S = 600
+
+
+def _headers(msg: Msg) -> dict[str, str]:
+    return dict(msg.headers or {})
+
+
+class _MicroService(ServiceRegistration):
+    def __init__(self, svc: nats.micro.Service, name: str):
+        self._svc, self.name, self.id = svc, name, svc.id
+
+    async def add_endpoint(self, subject: str, handler: Handler, request_type: type[BaseModel]) -> None:
+        async def on_request(req: nats.micro.Request) -> None:
+            data, headers = await run_rpc_handler(handler, request_type, req.subject, req.data, req.headers)
+            await req.respond(data, headers=headers)
+
+        # Endpoint names must be simple tokens; the subject carries the full address.
+        name = subject.split(".")[-1]
+        await self._svc.add_endpoint(name=name, subject=subject, handler=on_request)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._svc.stop()
+
+
+class _NatsDelivery(JobDelivery[Any]):
+    def __init__(self, msg: Msg, message: Any):
+        self._msg, self.message = msg, message
+        self.subject, self.headers = msg.subject, _headers(msg)
+        self.num_delivered = msg.metadata.num_delivered
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def nak(self, delay_s: float | None = None) -> None:
+        await self._msg.nak(delay=delay_s)
+
+    async def term(self) -> None:
+        await self._msg.term()
+
+    async def in_progress(self) -> None:
+        await self._msg.in_progress()
+
+
+class _LoopSubscription(Subscription):
+    def __init__(self, tasks: list[asyncio.Task[None]], psubs: list[Any]):
+        self.tasks, self.psubs = tasks, psubs
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for p in self.psubs:
+            with contextlib.suppress(Exception):
+                await p.unsubscribe()
+
+
+class NatsBus(Bus):
+    """Connect with :meth:`connect`; ``close()`` drains. All operations are typed (see halo_bus.api)."""
+
+    def __init__(self, nc: Client, js: JetStreamContext):
+        self.nc, self.js = nc, js
+        self._kv: dict[str, Any] = {}
+        self._micro: list[_MicroService] = []
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | list[str],
+        *,
+        name: str = "halo",
+        connect_timeout: float = 2.0,
+        ensure_streams: bool = True,
+        max_reconnect_attempts: int = -1,
+    ) -> NatsBus:
+        """Connect (reconnecting forever after the first success) and make sure streams exist.
+
+        Raises :class:`Unavailable` when the first connection cannot be made."""
+        urls = servers.split(",") if isinstance(servers, str) else servers
+
+        async def on_error(e: Exception) -> None:
+            log.debug("nats error: %s", e)
+
+        async def on_disconnect() -> None:
+            log.warning("disconnected from NATS; reconnecting")
+
+        async def on_reconnect() -> None:
+            log.info("reconnected to NATS")
+
+        try:
+            nc = await nats.connect(
+                urls,
+                name=name,
+                connect_timeout=connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=max_reconnect_attempts,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except Exception as exc:
+            raise Unavailable(f"cannot connect to NATS at {','.join(urls)}: {exc}", param="nats_url") from None
+        bus = cls(nc, nc.jetstream(timeout=5.0))
+        if ensure_streams:
+            await bus.ensure_streams()
+        return bus
+
+    async def ensure_streams(self) -> None:
+        """Create (or update) HALO_JOBS, HALO_EVENTS and the job-state KV bucket."""
+        configs = [
+            jsapi.StreamConfig(
+                name=subjects.STREAM_JOBS,
+                subjects=[subjects.JOBS_WILDCARD],
+                retention=jsapi.RetentionPolicy.WORK_QUEUE,
+                storage=jsapi.StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            ),
+            jsapi.StreamConfig(
+                name=subjects.STREAM_EVENTS,
+                subjects=[subjects.EVENTS_WILDCARD],
+                retention=jsapi.RetentionPolicy.LIMITS,
+                storage=jsapi.StorageType.FILE,
+                max_age=EVENTS_MAX_AGE_S,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            ),
+        ]
+        for cfg in configs:
+            try:
+                await self.js.add_stream(cfg)
+            except BadRequestError:
+                await self.js.update_stream(cfg)
+        await self._bucket(subjects.KV_JOB_STATE)
+
+    # ---- request/reply -------------------------------------------------------------------
+    async def add_service(
+        self, name: str, version: str, description: str = "", metadata: dict[str, str] | None = None
+    ) -> ServiceRegistration:
+        svc = await nats.micro.add_service(
+            self.nc, name=name, version=version, description=description or name,
+            metadata=dict(metadata or {}), queue_group=name,
+        )
+        reg = _MicroService(svc, name)
+        self._micro.append(reg)
+        return reg
+
+    async def request(self, subject: str, msg: BaseModel, reply_type: type[M], timeout: float = 5.0) -> M:
+        with tracing.client_span(f"rpc {subject}", subject) as trace_headers:
+            data, headers = codec.encode(msg, trace_headers)
+            try:
+                reply = await self.nc.request(subject, data, timeout=timeout, headers=headers)
+            except NoRespondersError:
+                raise Unavailable(f"no service answers on {subject}", param=subject) from None
+            except (NatsTimeoutError, TimeoutError):
+                raise Unavailable(f"request to {subject} timed out after {timeout}s", param=subject) from None
+            rheaders = _headers(reply)
+            raise_if_error(rheaders)
+            return codec.decode(reply.data, rheaders, reply_type)
+
+    async def discover(self, timeout: float = 0.5) -> list[ServiceInfo]:
+        inbox = self.nc.new_inbox()
+        replies: list[bytes] = []
+
+        async def collect(m: Msg) -> None:
+            replies.append(m.data)
+
+        sub = await self.nc.subscribe(inbox, cb=collect)
+        try:
+            await self.nc.publish("$SRV.INFO", b"", reply=inbox)
+            await self.nc.flush()
+            await asyncio.sleep(timeout)
+        finally:
+            await sub.unsubscribe()
+        out = []
+        for raw in replies:
+            try:
+                info = json.loads(raw)
+            except ValueError:
+                continue
+            out.append(ServiceInfo(
+                name=info.get("name", "?"), id=info.get("id", "?"), version=info.get("version", "?"),
+                description=info.get("description"),
+                endpoints=[e.get("subject", "") for e in info.get("endpoints") or []],
+                metadata=info.get("metadata") or {},
+            ))
+        return sorted(out, key=lambda s: (s.name, s.id))
+
+    # ---- work queues ---------------------------------------------------------------------
+    async def submit_job(self, subject: str, msg: BaseModel, msg_id: str) -> bool:
+        with tracing.client_span(f"publish {subject}", subject) as trace_headers:
+            data, headers = codec.encode(msg, {**trace_headers, codec.MSG_ID_HEADER: msg_id})
+            try:
+                ack = await self.js.publish(subject, data, headers=headers, stream=subjects.STREAM_JOBS)
+            except Exception as exc:
+                raise Unavailable(f"cannot enqueue job on {subject}: {exc}", param=subject) from None
+            return not ack.duplicate
+
+    async def consume_jobs(
+        self,
+        subject: str,
+        durable: str,
+        handler: Callable[[JobDelivery[Any]], Awaitable[None]],
+        message_type: type[BaseModel],
+        *,
+        ack_wait_s: float = 30.0,
+        max_deliver: int = 5,
+        concurrency: int = 1,
+    ) -> Subscription:
+        config = jsapi.ConsumerConfig(
+            durable_name=durable,
+            ack_policy=jsapi.AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            max_deliver=max_deliver,
+            filter_subject=subject,
+            max_ack_pending=max(concurrency * 4, 16),
+        )
+        psub = await self._pull_subscribe(subject, durable, subjects.STREAM_JOBS, config)
+
+        async def worker() -> None:
+            while True:
+                msgs = await _fetch(psub, 1, timeout=1.0)
+                for m in msgs:
+                    try:
+                        message = codec.decode(m.data, _headers(m), message_type)
+                    except Exception as exc:
+                        log.warning("terminating undecodable job on %s: %s", m.subject, exc)
+                        with contextlib.suppress(Exception):
+                            await m.term()
+                        continue
+                    await run_job_handler(_NatsDelivery(m, message), handler, heartbeat_s=max(ack_wait_s / 3, 0.05))
+
+        return _LoopSubscription([asyncio.create_task(worker()) for _ in range(concurrency)], [psub])
+
+    async def _pull_subscribe(self, subject: str, durable: str | None, stream: str, config: jsapi.ConsumerConfig) -> Any:
+        try:
+            return await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+        except BadRequestError:
+            # The durable exists with other settings (e.g. a changed ack_wait): update it in place.
+            await self.js.add_consumer(stream, config)
+            return await self.js.pull_subscribe(subject, durable=durable, stream=stream)
+
+    # ---- events --------------------------------------------------------------------------
+    async def publish_event(self, subject: str, msg: BaseModel, msg_id: str | None = None) -> None:
+        with tracing.client_span(f"publish {subject}", subject) as trace_headers:
+            extra = {codec.MSG_ID_HEADER: msg_id} if msg_id else {}
+            data, headers = codec.encode(msg, {**trace_headers, **extra})
+            try:
+                await self.js.publish(subject, data, headers=headers, stream=subjects.STREAM_EVENTS)
+            except Exception as exc:
+                raise Unavailable(f"cannot publish event on {subject}: {exc}", param=subject) from None
+
+    async def replay(self, filter_subject: str, message_type: type[M] | None = None) -> list[EventRecord[M]]:
+        config = jsapi.ConsumerConfig(
+            ack_policy=jsapi.AckPolicy.NONE,
+            deliver_policy=jsapi.DeliverPolicy.ALL,
+            filter_subject=filter_subject,
+            inactive_threshold=30.0,
+            mem_storage=True,
+        )
+        psub = await self.js.pull_subscribe(filter_subject, stream=subjects.STREAM_EVENTS, config=config)
+        out: list[EventRecord[M]] = []
+        try:
+            info = await psub.consumer_info()
+            remaining = info.num_pending
+            while remaining > 0:
+                msgs = await _fetch(psub, min(remaining, 256), timeout=2.0)
+                if not msgs:
+                    break
+                for m in msgs:
+                    remaining = m.metadata.num_pending
+                    with contextlib.suppress(Exception):
+                        out.append(EventRecord(m.subject, codec.decode(m.data, _headers(m), message_type),
+                                               m.metadata.sequence.stream, _headers(m)))
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+        return out
+
+    async def subscribe_events(
+        self,
+        filter_subject: str,
+        handler: Callable[[EventRecord[Any]], Awaitable[None]],
+        *,
+        durable: str | None = None,
+        deliver_all: bool = True,
+    ) -> Subscription:
+        config = jsapi.ConsumerConfig(
+            durable_name=durable,
+            ack_policy=jsapi.AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            deliver_policy=jsapi.DeliverPolicy.ALL if deliver_all else jsapi.DeliverPolicy.NEW,
+            filter_subject=filter_subject,
+            inactive_threshold=None if durable else 60.0,
+            max_ack_pending=1024,
+        )
+        psub = await self._pull_subscribe(filter_subject, durable, subjects.STREAM_EVENTS, config)
+
+        async def pump() -> None:
+            while True:
+                for m in await _fetch(psub, 64, timeout=1.0):
+                    try:
+                        record = EventRecord(m.subject, codec.decode(m.data, _headers(m), None),
+                                             m.metadata.sequence.stream, _headers(m))
+                    except Exception as exc:
+                        log.warning("skipping undecodable event on %s: %s", m.subject, exc)
+                        with contextlib.suppress(Exception):
+                            await m.term()
+                        continue
+                    try:
+                        with tracing.server_span(f"consume {m.subject}", m.subject, record.headers):
+                            await handler(record)
+                    except Exception:
+                        log.exception("event handler failed on %s; redelivering", m.subject)
+                        with contextlib.suppress(Exception):
+                            await m.nak(delay=1.0)
+                        continue
+                    with contextlib.suppress(Exception):
+                        await m.ack()
+
+        return _LoopSubscription([asyncio.create_task(pump())], [psub])
+
+    # ---- key/value -----------------------------------------------------------------------
+    async def _bucket(self, bucket: str) -> Any:
+        if bucket not in self._kv:
+            try:
+                self._kv[bucket] = await self.js.key_value(bucket)
+            except (NotFoundError, BadRequestError, Exception):
+                self._kv[bucket] = await self.js.create_key_value(
+                    bucket=bucket, history=1, storage=jsapi.StorageType.FILE
+                )
+        return self._kv[bucket]
+
+    async def kv_put(self, bucket: str, key: str, msg: BaseModel) -> None:
+        data, headers = codec.encode(msg)
+        kv = await self._bucket(bucket)
+        await kv.put(key, headers[codec.SCHEMA_HEADER].encode() + b"\n" + data)
+
+    async def kv_get(self, bucket: str, key: str, message_type: type[M]) -> M | None:
+        kv = await self._bucket(bucket)
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        sid, _, data = entry.value.partition(b"\n")
+        return codec.decode(data, {codec.SCHEMA_HEADER: sid.decode()}, message_type)
+
+    async def kv_keys(self, bucket: str) -> list[str]:
+        kv = await self._bucket(bucket)
+        try:
+            return sorted(await kv.keys())
+        except Exception:  # nats-py raises NoKeysError for an empty bucket
+            return []
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def close(self) -> None:
+        for svc in self._micro:
+            await svc.stop()
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+
+
+async def _fetch(psub: Any, batch: int, timeout: float) -> list[Msg]:
+    """Fetch up to ``batch`` messages; [] on timeout or while disconnected (we retry)."""
+    try:
+        return await psub.fetch(batch, timeout=timeout)
+    except (NatsTimeoutError, TimeoutError):
+        return []
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.debug("fetch failed (%s); retrying", exc)
+        await asyncio.sleep(0.5)
+        return []

@@ -1,0 +1,198 @@
+"""Every NATS subject, stream and bucket name in Halo Forge. The ONLY place subject strings exist.
+
+Three kinds (DESIGN.md §3):
+
+* request/reply ``halo.rpc.<service>.<verb>`` — core NATS, queue group = service name;
+* work queue   ``halo.job.<service>.<job-type>`` — JetStream stream ``HALO_JOBS`` (WorkQueue);
+* event        ``halo.evt.<service>.<entity>.<id>.<event>`` — stream ``HALO_EVENTS`` (Limits).
+
+Services declare the subjects they serve in :data:`CATALOG` (kind, schemas, one line of doc);
+``python -m halo_bus.subjects`` renders docs/messaging.md from it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PREFIX = "halo"
+
+SERVICES: tuple[str, ...] = (
+    "gateway",
+    "registry",
+    "verifier-sandbox",
+    "trainer-torch",
+    "trainer-mlx",
+    "rollout",
+    "eval",
+    "serve",
+)
+
+STREAM_JOBS = "HALO_JOBS"
+STREAM_EVENTS = "HALO_EVENTS"
+KV_JOB_STATE = "HALO_JOB_STATE"
+
+JOBS_WILDCARD = f"{PREFIX}.job.>"
+EVENTS_WILDCARD = f"{PREFIX}.evt.>"
+RUN_EVENTS_WILDCARD = f"{PREFIX}.evt.*.run.>"
+
+_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_ID_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _check(token: str, what: str, pattern: re.Pattern[str] = _TOKEN) -> str:
+    if not pattern.match(token):
+        raise ValueError(f"invalid {what} token {token!r} for a NATS subject")
+    return token
+
+
+def _check_service(service: str) -> str:
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}; known: {', '.join(SERVICES)}")
+    return service
+
+
+def rpc(service: str, verb: str) -> str:
+    """``halo.rpc.<service>.<verb>`` for a request/reply endpoint."""
+    return f"{PREFIX}.rpc.{_check_service(service)}.{_check(verb, 'verb')}"
+
+
+def job(service: str, job_type: str) -> str:
+    """``halo.job.<service>.<job-type>`` work queue subject."""
+    return f"{PREFIX}.job.{_check_service(service)}.{_check(job_type, 'job type')}"
+
+
+def event(service: str, entity: str, entity_id: str, name: str) -> str:
+    """``halo.evt.<service>.<entity>.<id>.<event>``; ``name`` is past tense (started, progressed…)."""
+    return (
+        f"{PREFIX}.evt.{_check_service(service)}.{_check(entity, 'entity')}."
+        f"{_check(entity_id, 'id', _ID_TOKEN)}.{_check(name, 'event')}"
+    )
+
+
+def run_event(service: str, run_id: str, name: str) -> str:
+    """Event subject for a run: ``halo.evt.<service>.run.<run_id>.<name>``."""
+    return event(service, "run", run_id, name)
+
+
+def run_events_filter(run_id: str) -> str:
+    """Filter matching every event of one run, from any service."""
+    return f"{PREFIX}.evt.*.run.{_check(run_id, 'id', _ID_TOKEN)}.*"
+
+
+def service_jobs_filter(service: str) -> str:
+    return f"{PREFIX}.job.{_check_service(service)}.>"
+
+
+def job_consumer_name(service: str, job_type: str) -> str:
+    """Durable pull consumer name for one job type (one per type, shared by all workers)."""
+    return f"{_check_service(service)}-{_check(job_type, 'job type')}".replace("_", "-")
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match: ``*`` is one token, a trailing ``>`` is one or more tokens."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or (tok != "*" and tok != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+@dataclass(frozen=True)
+class SubjectDoc:
+    """One documented subject for docs/messaging.md."""
+
+    kind: str  # "rpc" | "job" | "event"
+    subject: str
+    request: str  # schema id (or "-")
+    reply: str  # schema id (or "-")
+    doc: str
+
+
+CATALOG: list[SubjectDoc] = []
+
+
+def declare(kind: str, subject: str, request: str, reply: str, doc: str) -> str:
+    """Record a subject in the catalog (idempotent) and return it."""
+    entry = SubjectDoc(kind, subject, request, reply, doc)
+    if entry not in CATALOG:
+        CATALOG.append(entry)
+    return subject
+
+
+def _service_rpcs(service: str) -> None:
+    declare("rpc", rpc(service, "health"), "halo.rpc.health-request.v1", "halo.rpc.service-health.v1",
+            f"Health of a {service} instance (queue group: one instance answers).")
+
+
+for _svc in SERVICES:
+    _service_rpcs(_svc)
+
+declare("rpc", "$SRV.INFO", "-", "NATS micro info", "NATS micro discovery: every instance answers with its endpoints.")
+declare("rpc", "$SRV.PING", "-", "NATS micro ping", "NATS micro liveness of every instance.")
+declare("rpc", "$SRV.STATS", "-", "NATS micro stats", "Per-endpoint request/error counts and latency.")
+declare("event", f"{PREFIX}.evt.<service>.run.<run_id>.started", "halo.evt.run-started.v1", "-", "A run began (or resumed).")
+declare("event", f"{PREFIX}.evt.<service>.run.<run_id>.progressed", "halo.evt.run-progressed.v1", "-",
+        "Metrics at a step, emitted at a bounded rate.")
+declare("event", f"{PREFIX}.evt.<service>.run.<run_id>.checkpointed", "halo.evt.run-checkpointed.v1", "-",
+        "A checkpoint was written.")
+declare("event", f"{PREFIX}.evt.<service>.run.<run_id>.finished", "halo.evt.run-finished.v1", "-",
+        "The run ended: succeeded, failed or cancelled, with its summary.")
+
+# --- per-service subjects -------------------------------------------------------------------
+# Each service owns one block below. Add a verb with declare(...) so docs/messaging.md lists it.
+
+# gateway: no subjects of its own (HTTP edge).
+
+# registry
+REGISTRY_QUERY_RUNS = declare("rpc", rpc("registry", "runs-search"), "halo.rpc.runs-search.v1", "halo.rpc.runs-page.v1",
+                              "Search runs with filters, sort, pagination and facets.")
+
+# verifier-sandbox
+VERIFY = declare("rpc", rpc("verifier-sandbox", "verify"), "halo.rpc.verify-request.v1", "halo.rpc.verify-result.v1",
+                 "Run one verifier on one completion.")
+VERIFY_BATCH = declare("rpc", rpc("verifier-sandbox", "verify-batch"), "halo.rpc.verify-batch-request.v1",
+                       "halo.rpc.verify-batch-result.v1", "Run a verifier on many completions; order preserved.")
+VERIFIER_INVENTORY = declare("rpc", rpc("verifier-sandbox", "inventory"), "halo.rpc.inventory-request.v1",
+                             "halo.rpc.verifier-inventory.v1", "List registered verifiers and their parameters.")
+
+# trainer-torch
+TRAINER_TORCH_JOB_TYPES = ("sft", "dpo", "orpo", "rm", "grpo", "raft")
+for _jt in TRAINER_TORCH_JOB_TYPES:
+    declare("job", job("trainer-torch", _jt), "halo.job.envelope.v1", "-", f"Run a {_jt.upper()} training job.")
+TRAINER_TORCH_CANCEL = declare("rpc", rpc("trainer-torch", "cancel"), "halo.rpc.job-ref.v1", "halo.job.status.v1",
+                               "Request cancellation of a running or queued job.")
+
+# trainer-mlx, rollout, eval, serve: declared as they are built.
+
+
+def render_messaging_md() -> str:
+    """docs/messaging.md, generated from this module."""
+    lines = [
+        "# Messaging",
+        "",
+        "Generated by `python -m halo_bus.subjects > docs/messaging.md` from `libs/halo-bus/src/halo_bus/subjects.py`;",
+        "a test fails when this file is stale.",
+        "",
+        "| stream / bucket | subjects | retention |",
+        "|---|---|---|",
+        f"| `{STREAM_JOBS}` | `{JOBS_WILDCARD}` | WorkQueue, file storage; one durable pull consumer per job type |",
+        f"| `{STREAM_EVENTS}` | `{EVENTS_WILDCARD}` | Limits (max age 30 days), file storage; replayable per run |",
+        f"| KV `{KV_JOB_STATE}` | job id -> `halo.job.status.v1` | latest value per job |",
+        "",
+        "Headers set by halo-bus on every message: `Halo-Schema`, `traceparent` (W3C), `Nats-Msg-Id` (jobs, events),"
+        " `Halo-Correlation-Id`. RPC errors use NATS micro's `Nats-Service-Error` / `Nats-Service-Error-Code` with"
+        " HTTP-like codes.",
+        "",
+        "| kind | subject | request | reply | what |",
+        "|---|---|---|---|---|",
+    ]
+    for e in sorted(CATALOG, key=lambda e: (e.kind, e.subject)):
+        lines.append(f"| {e.kind} | `{e.subject}` | `{e.request}` | `{e.reply}` | {e.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_messaging_md(), end="")

@@ -1,0 +1,63 @@
+"""Settings from the environment (``HALO_`` prefix) via pydantic-settings.
+
+Every service subclasses :class:`HaloSettings` with its own prefix (``HALO_TRAINER_TORCH_``…)
+and loads it with :func:`load_settings`, which turns a validation failure into a
+:class:`ConfigError` whose message names the environment variable, so a service stops at start
+with one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from halo_common.paths import HaloPaths, default_home
+
+
+class ConfigError(Exception):
+    """An invalid setting. ``str(err)`` names every offending variable."""
+
+
+class HaloSettings(BaseSettings):
+    """Settings shared by every process. Environment: ``HALO_HOME``, ``HALO_NATS_URL``…"""
+
+    model_config = SettingsConfigDict(env_prefix="HALO_", extra="ignore", validate_default=True)
+
+    home: Path = Field(default_factory=default_home, description="Root of runs, database, NATS store (HALO_HOME).")
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="NATS server URL(s), comma separated.",
+        pattern=r"^(nats|tls|ws|wss)://[^\s]+$",
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is SQLite at HALO_HOME/forge.db."
+    )
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$", description="Log level.")
+    log_json: bool = Field(default=True, description="Emit structured JSON logs.")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Port for /metrics (0 = pick a free one).")
+    metrics_host: str = Field(default="127.0.0.1", description="Bind address for /metrics.")
+    drain_timeout_s: float = Field(default=10.0, gt=0, description="Seconds to finish in-flight work on SIGTERM.")
+
+    @property
+    def paths(self) -> HaloPaths:
+        return HaloPaths(self.home)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Build settings ``cls`` from the environment, raising :class:`ConfigError` naming the variable."""
+    try:
+        return cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "") or ""
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            var = f"{prefix}{field}".upper()
+            problems.append(f"{var}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid setting: " + "; ".join(problems)) from None

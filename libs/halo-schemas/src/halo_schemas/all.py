@@ -1,0 +1,3 @@
+"""Import every wire model so the schema registry is complete (used by export and the bus)."""
+
+from halo_schemas import events, health, jobs  # noqa: F401

@@ -1,0 +1,1 @@
+"""Shared pytest fixtures for Halo Forge (loaded by the root conftest)."""
