@@ -24,19 +24,25 @@ class ConfigError(Exception):
 class HaloSettings(BaseSettings):
     """Settings shared by every process. Environment: ``HALO_HOME``, ``HALO_NATS_URL``…"""
 
-    model_config = SettingsConfigDict(env_prefix="HALO_", extra="ignore", validate_default=True)
+    # Shared fields keep their HALO_ names (validation_alias) even in a subclass whose env_prefix
+    # is a service's own, e.g. HALO_REGISTRY_; service-specific fields use the subclass prefix.
+    model_config = SettingsConfigDict(env_prefix="HALO_", extra="ignore", validate_default=True, populate_by_name=True)
 
-    home: Path = Field(default_factory=default_home, description="Root of runs, database, NATS store (HALO_HOME).")
+    home: Path = Field(default_factory=default_home, validation_alias="HALO_HOME",
+                       description="Root of runs, database, NATS store (HALO_HOME).")
     nats_url: str = Field(
         default="nats://127.0.0.1:4222",
+        validation_alias="HALO_NATS_URL",
         description="NATS server URL(s), comma separated.",
         pattern=r"^(nats|tls|ws|wss)://[^\s]+$",
     )
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default is SQLite at HALO_HOME/forge.db."
+        default=None, validation_alias="HALO_DATABASE_URL",
+        description="SQLAlchemy URL; default is SQLite at HALO_HOME/forge.db.",
     )
-    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$", description="Log level.")
-    log_json: bool = Field(default=True, description="Emit structured JSON logs.")
+    log_level: str = Field(default="INFO", validation_alias="HALO_LOG_LEVEL",
+                           pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$", description="Log level.")
+    log_json: bool = Field(default=True, validation_alias="HALO_LOG_JSON", description="Emit structured JSON logs.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port for /metrics (0 = pick a free one).")
     metrics_host: str = Field(default="127.0.0.1", description="Bind address for /metrics.")
     drain_timeout_s: float = Field(default=10.0, gt=0, description="Seconds to finish in-flight work on SIGTERM.")
@@ -58,6 +64,6 @@ def load_settings(cls: type[S], **overrides: object) -> S:
         problems = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "?"
-            var = f"{prefix}{field}".upper()
+            var = field.upper() if field.upper().startswith("HALO_") else f"{prefix}{field}".upper()
             problems.append(f"{var}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("invalid setting: " + "; ".join(problems)) from None

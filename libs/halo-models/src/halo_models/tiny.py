@@ -45,17 +45,20 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 __all__ = [
     "BOS_TOKEN",
     "CHATML_TEMPLATE",
     "EOS_TOKEN",
+    "EOS_TOKEN_ID",
     "IM_END",
     "IM_START",
+    "IM_START_ID",
     "KIT_VERSION",
     "MANIFEST_NAME",
     "PAD_TOKEN",
+    "PAD_TOKEN_ID",
     "SIZE_PRESETS",
     "Arch",
     "SizeName",
@@ -83,6 +86,9 @@ PAD_TOKEN = ENDOFTEXT
 BOS_TOKEN: str | None = None
 # Order fixes the ids: <|endoftext|>=0, <|im_start|>=1, <|im_end|>=2.
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
+PAD_TOKEN_ID = SPECIAL_TOKENS.index(PAD_TOKEN)
+EOS_TOKEN_ID = SPECIAL_TOKENS.index(EOS_TOKEN)
+IM_START_ID = SPECIAL_TOKENS.index(IM_START)
 
 #: ChatML chat template. The assistant content *and* its closing ``<|im_end|>`` sit inside
 #: ``{% generation %}`` so ``apply_chat_template(..., return_assistant_tokens_mask=True,
@@ -177,6 +183,35 @@ class TinySpec(BaseModel):
         if size not in SIZE_PRESETS:
             raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZE_PRESETS)}")
         return cls(**{**SIZE_PRESETS[size], **overrides})
+
+    def to_config(self, *, eos_token_id: int = EOS_TOKEN_ID, pad_token_id: int = PAD_TOKEN_ID) -> PretrainedConfig:
+        """The transformers config (``LlamaConfig`` / ``Qwen2Config``) a model of this spec uses."""
+        config_cls = _model_classes(self)[0]
+        return config_cls(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            max_position_embeddings=self.max_position,
+            bos_token_id=None,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            # Untied: LoRA/merge tests should not depend on a shared embedding/lm_head tensor.
+            tie_word_embeddings=False,
+            dtype="float32",
+            # A single scalar score per sequence: what TRL's reward trainer and our RM recipe expect.
+            **({"num_labels": 1} if self.seq_cls else {}),
+        )
+
+    def num_parameters(self) -> int:
+        """Parameter count of a model of this spec, computed on the meta device (no memory, ~ms)."""
+        import torch
+
+        with torch.device("meta"):
+            model = _model_classes(self)[1](self.to_config())
+        return sum(p.numel() for p in model.parameters())
 
     def cache_key(self) -> str:
         """Hex digest that changes whenever the files built from this spec could change.
@@ -369,43 +404,14 @@ def make_tiny_cached(
 
 def _build(spec: TinySpec, out: Path, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
     import torch
-    from transformers import (
-        GenerationConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
-        LlamaForSequenceClassification,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-        Qwen2ForSequenceClassification,
-    )
+    from transformers import GenerationConfig
 
     if tokenizer is None:
         tokenizer = build_tokenizer(vocab_size=spec.vocab_size, model_max_length=spec.max_position)
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
-
-    config_cls, causal_cls, seq_cls_cls = {
-        "llama": (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification),
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification),
-    }[spec.arch]
-    config = config_cls(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=spec.max_position,
-        bos_token_id=None,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        # Untied: LoRA/merge tests should not depend on a shared embedding/lm_head tensor.
-        tie_word_embeddings=False,
-        dtype="float32",
-        # A single scalar score per sequence: what TRL's reward trainer and our RM recipe expect.
-        **({"num_labels": 1} if spec.seq_cls else {}),
-    )
-    model_cls = seq_cls_cls if spec.seq_cls else causal_cls
+    config = spec.to_config(eos_token_id=eos_id, pad_token_id=pad_id)
+    model_cls = _model_classes(spec)[1]
 
     # fork_rng keeps the caller's global torch RNG untouched, so building a model inside a test
     # does not shift that test's own random draws.
@@ -430,6 +436,22 @@ def _build(spec: TinySpec, out: Path, tokenizer: PreTrainedTokenizerBase | None 
     # Written last: its presence marks a complete build (make_tiny_cached relies on this).
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
+
+
+def _model_classes(spec: TinySpec) -> tuple[type[PretrainedConfig], type[PreTrainedModel]]:
+    """(config class, model class) for the spec's arch and head."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        LlamaForSequenceClassification,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen2ForSequenceClassification,
+    )
+
+    if spec.arch == "llama":
+        return LlamaConfig, (LlamaForSequenceClassification if spec.seq_cls else LlamaForCausalLM)
+    return Qwen2Config, (Qwen2ForSequenceClassification if spec.seq_cls else Qwen2ForCausalLM)
 
 
 @contextmanager

@@ -1,0 +1,1 @@
+"""One module per command area; each has ``register(app: typer.Typer)``."""
