@@ -53,3 +53,5 @@ def main(argv: list[str] | None = None) -> None:
     except HaloError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         sys.exit(1)
+if __name__ == "__main__":
+    main()

@@ -27,25 +27,168 @@ from pathlib import Path
 SEED = 20240611
 OUT = Path(__file__).resolve().parents[1] / "src" / "halo_models" / "data" / "corpus.txt"
 
-NAMES = ["Ada", "Grace", "Linus", "Alan", "Barbara", "Ken", "Dennis", "Margaret", "Edsger", "Frances",
-         "Claude", "Hedy", "Tim", "Radia", "John", "Donald", "Katherine", "Guido", "Bjarne", "Sophie", "José", "Zoë"]
-NOUNS = ["model", "dataset", "tokenizer", "server", "garden", "river", "library", "teacher", "student",
-         "engine", "kernel", "window", "bridge", "forest", "market", "network", "village", "compiler",
-         "notebook", "question", "answer", "lesson", "checkpoint", "adapter", "gradient", "reward",
-         "verifier", "message", "queue", "stream", "planet", "kitchen", "mountain", "city", "robot"]
-ADJECTIVES = ["small", "quick", "quiet", "bright", "careful", "noisy", "ancient", "modern", "simple",
-              "tiny", "large", "strange", "useful", "broken", "stable", "fast", "slow", "warm", "cold",
-              "green", "blue", "honest", "curious", "patient", "local", "remote"]
-VERBS = ["trains", "reads", "writes", "builds", "checks", "loads", "saves", "finds", "sends", "opens",
-         "closes", "measures", "explains", "watches", "repairs", "follows", "learns", "teaches", "counts"]
-ADVERBS = ["slowly", "quickly", "carefully", "again", "every morning", "at night", "without help",
-           "in silence", "by hand", "twice", "on Fridays", "before lunch"]
-PLACES = ["in the lab", "near the river", "at the station", "on the hill", "in the old library",
-          "behind the market", "at home", "in the cloud", "on a laptop", "inside the container"]
-CONNECTIVES = ["Then", "Later", "Meanwhile", "Afterwards", "However", "Still", "Because of that",
-               "In the end", "Surprisingly", "Of course"]
-TOPICS = ["finetuning", "evaluation", "tokenization", "gradient descent", "sorting", "recursion",
-          "caching", "message queues", "unit tests", "numerical stability", "learning rates", "LoRA"]
+NAMES = [
+    "Ada",
+    "Grace",
+    "Linus",
+    "Alan",
+    "Barbara",
+    "Ken",
+    "Dennis",
+    "Margaret",
+    "Edsger",
+    "Frances",
+    "Claude",
+    "Hedy",
+    "Tim",
+    "Radia",
+    "John",
+    "Donald",
+    "Katherine",
+    "Guido",
+    "Bjarne",
+    "Sophie",
+    "José",
+    "Zoë",
+]
+NOUNS = [
+    "model",
+    "dataset",
+    "tokenizer",
+    "server",
+    "garden",
+    "river",
+    "library",
+    "teacher",
+    "student",
+    "engine",
+    "kernel",
+    "window",
+    "bridge",
+    "forest",
+    "market",
+    "network",
+    "village",
+    "compiler",
+    "notebook",
+    "question",
+    "answer",
+    "lesson",
+    "checkpoint",
+    "adapter",
+    "gradient",
+    "reward",
+    "verifier",
+    "message",
+    "queue",
+    "stream",
+    "planet",
+    "kitchen",
+    "mountain",
+    "city",
+    "robot",
+]
+ADJECTIVES = [
+    "small",
+    "quick",
+    "quiet",
+    "bright",
+    "careful",
+    "noisy",
+    "ancient",
+    "modern",
+    "simple",
+    "tiny",
+    "large",
+    "strange",
+    "useful",
+    "broken",
+    "stable",
+    "fast",
+    "slow",
+    "warm",
+    "cold",
+    "green",
+    "blue",
+    "honest",
+    "curious",
+    "patient",
+    "local",
+    "remote",
+]
+VERBS = [
+    "trains",
+    "reads",
+    "writes",
+    "builds",
+    "checks",
+    "loads",
+    "saves",
+    "finds",
+    "sends",
+    "opens",
+    "closes",
+    "measures",
+    "explains",
+    "watches",
+    "repairs",
+    "follows",
+    "learns",
+    "teaches",
+    "counts",
+]
+ADVERBS = [
+    "slowly",
+    "quickly",
+    "carefully",
+    "again",
+    "every morning",
+    "at night",
+    "without help",
+    "in silence",
+    "by hand",
+    "twice",
+    "on Fridays",
+    "before lunch",
+]
+PLACES = [
+    "in the lab",
+    "near the river",
+    "at the station",
+    "on the hill",
+    "in the old library",
+    "behind the market",
+    "at home",
+    "in the cloud",
+    "on a laptop",
+    "inside the container",
+]
+CONNECTIVES = [
+    "Then",
+    "Later",
+    "Meanwhile",
+    "Afterwards",
+    "However",
+    "Still",
+    "Because of that",
+    "In the end",
+    "Surprisingly",
+    "Of course",
+]
+TOPICS = [
+    "finetuning",
+    "evaluation",
+    "tokenization",
+    "gradient descent",
+    "sorting",
+    "recursion",
+    "caching",
+    "message queues",
+    "unit tests",
+    "numerical stability",
+    "learning rates",
+    "LoRA",
+]
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
 CITIES = ["Paris", "Tokyo", "Lagos", "Lima", "Oslo", "Cairo", "Seoul", "Quito", "Perth", "Delhi", "São Paulo", "Zürich"]
 
@@ -65,11 +208,20 @@ def sentence(rng: random.Random) -> str:
         "We learned that {topic} matters when the {noun} is {adj}.",
     ]
     return rng.choice(templates).format(
-        adj=rng.choice(ADJECTIVES), adj2=rng.choice(ADJECTIVES), noun=rng.choice(NOUNS),
-        noun2=rng.choice(NOUNS), verb=rng.choice(VERBS), verb2=rng.choice(VERBS).removesuffix("s"),
-        adv=rng.choice(ADVERBS), name=rng.choice(NAMES), name2=rng.choice(NAMES),
-        place=rng.choice(PLACES), conn=rng.choice(CONNECTIVES), topic=rng.choice(TOPICS),
-        n=rng.randint(2, 99), m=rng.randint(1, 9),
+        adj=rng.choice(ADJECTIVES),
+        adj2=rng.choice(ADJECTIVES),
+        noun=rng.choice(NOUNS),
+        noun2=rng.choice(NOUNS),
+        verb=rng.choice(VERBS),
+        verb2=rng.choice(VERBS).removesuffix("s"),
+        adv=rng.choice(ADVERBS),
+        name=rng.choice(NAMES),
+        name2=rng.choice(NAMES),
+        place=rng.choice(PLACES),
+        conn=rng.choice(CONNECTIVES),
+        topic=rng.choice(TOPICS),
+        n=rng.randint(2, 99),
+        m=rng.randint(1, 9),
     )
 
 
@@ -169,8 +321,15 @@ def markdown(rng: random.Random) -> str:
     return f"## Notes on {topic}\n\n{paragraph(rng)}\n\n{items}\n"
 
 
-KINDS = [(paragraph, 5), (python_snippet, 3), (c_snippet, 1), (json_record, 2), (arithmetic, 2),
-         (dialogue, 2), (markdown, 1)]
+KINDS = [
+    (paragraph, 5),
+    (python_snippet, 3),
+    (c_snippet, 1),
+    (json_record, 2),
+    (arithmetic, 2),
+    (dialogue, 2),
+    (markdown, 1),
+]
 
 
 def generate(max_bytes: int = 180_000) -> str:

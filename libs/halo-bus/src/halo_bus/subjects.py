@@ -138,6 +138,8 @@ declare("event", f"{PREFIX}.evt.<service>.run.<run_id>.progressed", "halo.evt.ru
         "Metrics at a step, emitted at a bounded rate.")
 declare("event", f"{PREFIX}.evt.<service>.run.<run_id>.checkpointed", "halo.evt.run-checkpointed.v1", "-",
         "A checkpoint was written.")
+declare("event", f"{PREFIX}.evt.<service>.run.<run_id>.artifact-added", "halo.evt.run-artifact-added.v1", "-",
+        "An artifact (adapter, model, checkpoint, export) was written.")
 declare("event", f"{PREFIX}.evt.<service>.run.<run_id>.finished", "halo.evt.run-finished.v1", "-",
         "The run ended: succeeded, failed or cancelled, with its summary.")
 

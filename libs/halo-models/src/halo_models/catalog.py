@@ -35,11 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = [
     "BACKENDS",
+    "EFFECTIVE_BATCH_SIZE",
+    "QLORA_BACKENDS",
     "Backend",
     "BackendNote",
     "BackendNotes",
-    "EFFECTIVE_BATCH_SIZE",
-    "QLORA_BACKENDS",
     "Catalog",
     "CatalogEntry",
     "CatalogError",
@@ -107,7 +107,8 @@ class BackendNotes(_Strict):
 
     def get(self, backend: Backend) -> BackendNote:
         """The note for ``backend`` (one of :data:`BACKENDS`)."""
-        return getattr(self, backend)
+        note: BackendNote = getattr(self, backend)
+        return note
 
 
 class TrainingDefaults(_Strict):
@@ -141,9 +142,13 @@ class CatalogEntry(_Strict):
     params_b: float = Field(gt=0, description="Total parameters, in billions (embeddings included).")
     hidden_size: int = Field(gt=0, description="Model width; used for memory estimates.")
     num_layers: int = Field(gt=0, description="Number of decoder layers; used for memory estimates.")
-    vocab_size: int = Field(gt=0, description="Vocabulary size (rows of the embedding); logits dominate memory for large vocabularies.")
+    vocab_size: int = Field(
+        gt=0, description="Vocabulary size (rows of the embedding); logits dominate memory for large vocabularies."
+    )
     context_length: int = Field(gt=0, description="Maximum context the model was trained for, in tokens.")
-    license: str = Field(min_length=1, description="License identifier as shown on the model card, e.g. 'apache-2.0', 'llama3.2'.")
+    license: str = Field(
+        min_length=1, description="License identifier as shown on the model card, e.g. 'apache-2.0', 'llama3.2'."
+    )
     gated: bool = Field(description="True if the Hub requires accepting terms (and an HF token) before download.")
     chat_template: bool = Field(description="True if the tokenizer ships a chat template (instruct/chat models).")
     notes: str = Field(
@@ -211,7 +216,9 @@ class Recommendation(_Strict):
     lora_rank: int = Field(ge=1, description="LoRA rank r.")
     lora_alpha: int = Field(ge=1, description="LoRA alpha.")
     learning_rate: float = Field(gt=0, description="Peak learning rate.")
-    max_seq_len: int = Field(ge=1, description="Training sequence length in tokens (may be below the catalog default to fit memory).")
+    max_seq_len: int = Field(
+        ge=1, description="Training sequence length in tokens (may be below the catalog default to fit memory)."
+    )
     per_device_batch_size: int = Field(ge=1, description="Micro-batch size per device.")
     gradient_accumulation_steps: int = Field(ge=1, description="Micro-batches per optimizer step.")
     gradient_checkpointing: bool = Field(description="Recompute activations in the backward pass to save memory.")
@@ -296,9 +303,7 @@ def estimate_memory_gb(
         weights = params * act_bytes
     rank = lora_rank if lora_rank is not None else entry.defaults.lora_rank
     lora = entry.num_layers * 23 * entry.hidden_size * rank * 16
-    per_layer_token = (
-        entry.hidden_size * act_bytes if gradient_checkpointing else 34 * entry.hidden_size * act_bytes
-    )
+    per_layer_token = entry.hidden_size * act_bytes if gradient_checkpointing else 34 * entry.hidden_size * act_bytes
     per_token = entry.num_layers * per_layer_token + 10 * entry.vocab_size
     if gradient_checkpointing:
         per_token += 34 * entry.hidden_size * act_bytes  # the one layer being recomputed

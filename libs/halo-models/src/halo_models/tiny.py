@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -154,8 +155,7 @@ class TinySpec(BaseModel):
     arch: Arch = Field("llama", description="Model family: 'llama' (LlamaFor*) or 'qwen2' (Qwen2For*).")
     seq_cls: bool = Field(
         False,
-        description="Build *ForSequenceClassification with num_labels=1 (a reward-model head) "
-        "instead of *ForCausalLM.",
+        description="Build *ForSequenceClassification with num_labels=1 (a reward-model head) instead of *ForCausalLM.",
     )
     vocab_size: int = Field(512, ge=_MIN_VOCAB, description="Tokenizer vocabulary size, specials included.")
     hidden_size: int = Field(64, gt=0, description="Model width (embedding size).")
@@ -187,23 +187,25 @@ class TinySpec(BaseModel):
     def to_config(self, *, eos_token_id: int = EOS_TOKEN_ID, pad_token_id: int = PAD_TOKEN_ID) -> PretrainedConfig:
         """The transformers config (``LlamaConfig`` / ``Qwen2Config``) a model of this spec uses."""
         config_cls = _model_classes(self)[0]
-        return config_cls(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.heads,
-            num_key_value_heads=self.kv_heads,
-            max_position_embeddings=self.max_position,
-            bos_token_id=None,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
+        kwargs: dict[str, Any] = {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "max_position_embeddings": self.max_position,
+            "bos_token_id": None,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": pad_token_id,
             # Untied: LoRA/merge tests should not depend on a shared embedding/lm_head tensor.
-            tie_word_embeddings=False,
-            dtype="float32",
+            "tie_word_embeddings": False,
+            "dtype": "float32",
+        }
+        if self.seq_cls:
             # A single scalar score per sequence: what TRL's reward trainer and our RM recipe expect.
-            **({"num_labels": 1} if self.seq_cls else {}),
-        )
+            kwargs["num_labels"] = 1
+        return config_cls(**kwargs)
 
     def num_parameters(self) -> int:
         """Parameter count of a model of this spec, computed on the meta device (no memory, ~ms)."""
@@ -408,8 +410,8 @@ def _build(spec: TinySpec, out: Path, tokenizer: PreTrainedTokenizerBase | None 
 
     if tokenizer is None:
         tokenizer = build_tokenizer(vocab_size=spec.vocab_size, model_max_length=spec.max_position)
-    eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
-    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    eos_id = _token_id(tokenizer, EOS_TOKEN)
+    pad_id = _token_id(tokenizer, PAD_TOKEN)
     config = spec.to_config(eos_token_id=eos_id, pad_token_id=pad_id)
     model_cls = _model_classes(spec)[1]
 
@@ -425,7 +427,6 @@ def _build(spec: TinySpec, out: Path, tokenizer: PreTrainedTokenizerBase | None 
     out.mkdir(parents=True, exist_ok=True)
     with _quiet_progress():
         model.save_pretrained(str(out))
-    tokenizer.model_max_length = spec.max_position
     tokenizer.save_pretrained(str(out))
     manifest = {
         "kit_version": KIT_VERSION,
@@ -436,6 +437,14 @@ def _build(spec: TinySpec, out: Path, tokenizer: PreTrainedTokenizerBase | None 
     # Written last: its presence marks a complete build (make_tiny_cached relies on this).
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
+
+
+def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    """Id of a ChatML special in ``tokenizer``; a clear error if a custom tokenizer lacks it."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"tokenizer has no {token!r} token; the tiny kit needs the ChatML specials")
+    return token_id
 
 
 def _model_classes(spec: TinySpec) -> tuple[type[PretrainedConfig], type[PreTrainedModel]]:
@@ -454,18 +463,33 @@ def _model_classes(spec: TinySpec) -> tuple[type[PretrainedConfig], type[PreTrai
     return Qwen2Config, (Qwen2ForSequenceClassification if spec.seq_cls else Qwen2ForCausalLM)
 
 
+_progress_lock = threading.Lock()
+_progress_depth = 0
+_progress_was_enabled = False
+
+
 @contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """Hide transformers' "Writing model shards" bar: one shard of a tiny model is just noise."""
+    """Hide transformers' "Writing model shards" bar: one shard of a tiny model is just noise.
+
+    The switch is process-global, so concurrent builds (threads) share one depth counter and the
+    outermost one restores the user's setting.
+    """
+    global _progress_depth, _progress_was_enabled
     from transformers.utils import logging as hf_logging
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    with _progress_lock:
+        if _progress_depth == 0:
+            _progress_was_enabled = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+        _progress_depth += 1
     try:
         yield
     finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+        with _progress_lock:
+            _progress_depth -= 1
+            if _progress_depth == 0 and _progress_was_enabled:
+                hf_logging.enable_progress_bar()
 
 
 @lru_cache(maxsize=8)

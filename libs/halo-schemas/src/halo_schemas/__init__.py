@@ -9,7 +9,7 @@ from halo_schemas.base import (
     registered_schemas,
     utcnow,
 )
-from halo_schemas.events import RunCheckpointed, RunEvent, RunFinished, RunProgressed, RunStarted
+from halo_schemas.events import RunArtifactAdded, RunCheckpointed, RunEvent, RunFinished, RunProgressed, RunStarted
 from halo_schemas.health import HealthRequest, HealthStatus, ServiceHealth, ServiceInfo
 from halo_schemas.jobs import JobEnvelope, JobRef, JobSpecBase, JobState, JobStatus, JobSubmitted
 
@@ -23,6 +23,7 @@ __all__ = [
     "JobStatus",
     "JobSubmitted",
     "Message",
+    "RunArtifactAdded",
     "RunCheckpointed",
     "RunEvent",
     "RunFinished",

@@ -47,6 +47,19 @@ class RunCheckpointed(RunEvent):
     path: str = Field(description="Checkpoint directory (artifact store path).")
 
 
+class RunArtifactAdded(RunEvent):
+    """An artifact (adapter, merged model, checkpoint, export, dataset) was written for the run."""
+
+    schema_id = "halo.evt.run-artifact-added.v1"
+
+    kind: str = Field(description="adapter | model | checkpoint | export | dataset | samples | other.")
+    format: str = Field(description="peft | hf | gguf | mlx | jsonl | parquet | other.")
+    path: str = Field(description="Path in the artifact store.")
+    sha256: str | None = Field(default=None, description="Content hash (of the main file, or a manifest of files).")
+    size_bytes: int | None = Field(default=None, ge=0, description="Total size in bytes.")
+    step: int | None = Field(default=None, description="Step it was written at, if any.")
+
+
 class RunFinished(RunEvent):
     schema_id = "halo.evt.run-finished.v1"
 
@@ -59,5 +72,6 @@ RUN_EVENT_TYPES: dict[str, type[RunEvent]] = {
     "started": RunStarted,
     "progressed": RunProgressed,
     "checkpointed": RunCheckpointed,
+    "artifact-added": RunArtifactAdded,
     "finished": RunFinished,
 }
