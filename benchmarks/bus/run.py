@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import platform
 import statistics
 import subprocess
@@ -101,7 +102,13 @@ class Side:
 
     latencies_s: list[float] = field(default_factory=list)  # per-operation times (rpc)
     batch_times_s: list[float] = field(default_factory=list)  # wall time of each round's batch
+    batch_cpu_s: list[float] = field(default_factory=list)  # CPU time of this process per batch
     ops: int = 0
+
+    def cpu_us_per_op(self) -> float:
+        """CPU of this process (requester + responder + codec) per operation. Far less sensitive
+        to other processes on the machine than wall time, so it is reported alongside."""
+        return sum(self.batch_cpu_s) / self.ops * 1e6
 
 
 def pct(values: list[float], q: float) -> float:
@@ -117,13 +124,13 @@ async def interleave(
     """Run ``rounds`` rounds of ``n`` sequential operations per side, alternating which side
     goes first, so drift and noise (CPU frequency, other processes) hit both sides equally."""
     halo, raw = Side(), Side()
-    perf = time.perf_counter
+    perf, cpu = time.perf_counter, time.process_time
     seq = 0
     for r in range(rounds):
         order = [(halo, halo_op), (raw, raw_op)] if r % 2 == 0 else [(raw, raw_op), (halo, halo_op)]
         for side, op in order:
             gc.collect()
-            start = perf()
+            start, cpu_start = perf(), cpu()
             if time_each:
                 for _ in range(n):
                     t0 = perf()
@@ -135,6 +142,7 @@ async def interleave(
                     await op(seq)
                     seq += 1
             side.batch_times_s.append(perf() - start)
+            side.batch_cpu_s.append(cpu() - cpu_start)
             side.ops += n
     return halo, raw
 
@@ -174,6 +182,9 @@ async def _measure(url: str, rounds: int, n: int, warmup: int) -> dict[str, Any]
 
         reg = await server_bus.add_service("bench", "0.0.0", "bench responder")
         await reg.add_endpoint(HALO_RPC, on_ping, BenchPing)
+        # add_endpoint returns before the server has the subscription; without this flush the
+        # first request from the other connection can race it and get "no responders".
+        await server_bus.nc.flush()
 
         async def raw_echo(msg: Any) -> None:
             await msg.respond(msg.data)
@@ -217,6 +228,9 @@ async def _measure(url: str, rounds: int, n: int, warmup: int) -> dict[str, Any]
         if info.state.messages != expected:
             raise AssertionError(f"stream holds {info.state.messages} messages, expected {expected}")
     finally:
+        # Closing drains the connection, which fires halo-bus's "disconnected; reconnecting"
+        # warning; it is expected here, so keep it out of the benchmark output.
+        logging.getLogger("halo_bus.nats").setLevel(logging.ERROR)
         await client_bus.close()
         await server_bus.close()
         await raw_client.drain()
@@ -227,6 +241,7 @@ async def _measure(url: str, rounds: int, n: int, warmup: int) -> dict[str, Any]
             "p50_us": pct(side.latencies_s, 0.50) * 1e6,
             "p99_us": pct(side.latencies_s, 0.99) * 1e6,
             "mean_us": statistics.fmean(side.latencies_s) * 1e6,
+            "cpu_us_per_op": side.cpu_us_per_op(),
             "requests": side.ops,
         }
 
@@ -234,6 +249,7 @@ async def _measure(url: str, rounds: int, n: int, warmup: int) -> dict[str, Any]
         return {
             "msgs_per_s": side.ops / sum(side.batch_times_s),
             "median_round_msgs_per_s": statistics.median(n / t for t in side.batch_times_s),
+            "cpu_us_per_op": side.cpu_us_per_op(),
             "messages": side.ops,
         }
 
@@ -245,10 +261,16 @@ async def _measure(url: str, rounds: int, n: int, warmup: int) -> dict[str, Any]
         # time per message, halo / raw (= raw rate / halo rate), so >1 means halo-bus costs more
         "publish": pr["msgs_per_s"] / ph["msgs_per_s"],
     }
+    # Informational (no verdict): client-process CPU per operation, the noise-resistant view.
+    cpu_ratios = {
+        "rpc_cpu": rh["cpu_us_per_op"] / rr["cpu_us_per_op"],
+        "publish_cpu": ph["cpu_us_per_op"] / pr["cpu_us_per_op"],
+    }
     return {
         "rpc": {"halo_bus": rh, "raw_nats_py": rr},
         "publish_acked": {"halo_bus": ph, "raw_nats_py": pr},
         "ratios_halo_over_raw": ratios,
+        "cpu_ratios_halo_over_raw": cpu_ratios,
         "verdicts": {k: verdict(v) for k, v in ratios.items()},
     }
 
@@ -269,6 +291,11 @@ def print_table(res: dict[str, Any], args: argparse.Namespace) -> None:
     print("-" * len(head))
     for name, h, r, ratio in rows:
         print(f"{name:<34}{h:>12,.1f}{r:>14,.1f}{ratio:>9.2f}{ratio - 1:>+10.0%}  {verdict(ratio)}")
+    cpu = res["cpu_ratios_halo_over_raw"]
+    for name, key, ratio in (("rpc CPU per op (us, this process)", "rpc", cpu["rpc_cpu"]),
+                             ("publish CPU per op (us, this process)", "publish_acked", cpu["publish_cpu"])):
+        h, r = res[key]["halo_bus"]["cpu_us_per_op"], res[key]["raw_nats_py"]["cpu_us_per_op"]
+        print(f"{name:<34}{h:>12,.1f}{r:>14,.1f}{ratio:>9.2f}{ratio - 1:>+10.0%}  (info)")
     print("\nratio = halo-bus time per operation / raw time per operation (for msg/s: raw rate / halo rate)")
 
 
