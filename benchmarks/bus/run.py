@@ -286,16 +286,16 @@ def print_table(res: dict[str, Any], args: argparse.Namespace) -> None:
         ("acked JetStream publish (msg/s)", pub["halo_bus"]["msgs_per_s"], pub["raw_nats_py"]["msgs_per_s"],
          ratios["publish"]),
     ]
-    head = f"{'measurement':<34}{'halo-bus':>12}{'raw nats-py':>14}{'ratio':>9}{'overhead':>10}  verdict"
+    head = f"{'measurement':<40}{'halo-bus':>12}{'raw nats-py':>14}{'ratio':>9}{'overhead':>10}  verdict"
     print(head)
     print("-" * len(head))
     for name, h, r, ratio in rows:
-        print(f"{name:<34}{h:>12,.1f}{r:>14,.1f}{ratio:>9.2f}{ratio - 1:>+10.0%}  {verdict(ratio)}")
+        print(f"{name:<40}{h:>12,.1f}{r:>14,.1f}{ratio:>9.2f}{ratio - 1:>+10.0%}  {verdict(ratio)}")
     cpu = res["cpu_ratios_halo_over_raw"]
     for name, key, ratio in (("rpc CPU per op (us, this process)", "rpc", cpu["rpc_cpu"]),
                              ("publish CPU per op (us, this process)", "publish_acked", cpu["publish_cpu"])):
         h, r = res[key]["halo_bus"]["cpu_us_per_op"], res[key]["raw_nats_py"]["cpu_us_per_op"]
-        print(f"{name:<34}{h:>12,.1f}{r:>14,.1f}{ratio:>9.2f}{ratio - 1:>+10.0%}  (info)")
+        print(f"{name:<40}{h:>12,.1f}{r:>14,.1f}{ratio:>9.2f}{ratio - 1:>+10.0%}  (info)")
     print("\nratio = halo-bus time per operation / raw time per operation (for msg/s: raw rate / halo rate)")
 
 

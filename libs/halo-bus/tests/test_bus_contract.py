@@ -259,3 +259,18 @@ async def test_kv_job_state(bus: Bus) -> None:
     got = await bus.kv_get(bucket, "job-1", JobStatus)
     assert got is not None and got.state is JobState.RUNNING and got.attempt == 1
     assert await bus.kv_keys(bucket) == ["job-1"]
+
+
+async def test_job_with_unknown_schema_is_dropped_and_the_consumer_keeps_working(bus: Bus) -> None:
+    seen: list[str] = []
+
+    async def handle(d: JobDelivery[JobEnvelope]) -> None:
+        seen.append(d.message.job_id)
+
+    await bus.submit_job(JOB, Stranger(value=3), msg_id="stranger-1")
+    await bus.submit_job(JOB, envelope(11), msg_id="job-11")
+    sub = await bus.consume_jobs(JOB, "trainer-torch-sft", handle, JobEnvelope, ack_wait_s=0.5)
+    await eventually(lambda: seen == ["job-11"])
+    await asyncio.sleep(1.2)  # the stranger is never retried into the handler
+    assert seen == ["job-11"]
+    await sub.stop()

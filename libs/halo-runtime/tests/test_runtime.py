@@ -57,3 +57,25 @@ def test_malformed_setting_stops_a_service_at_start_naming_it() -> None:
     assert proc.returncode == 2
     assert "HALO_NATS_URL" in proc.stderr and "HALO_GATEWAY_PORT" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_drains_and_exits_cleanly(nats_server, tmp_path) -> None:  # noqa: ANN001
+    import signal
+    import time
+
+    from halo_common.natsproc import free_port, wait_for_port
+
+    port = free_port()
+    env = dict(os.environ, HALO_NATS_URL=nats_server.url, HALO_HOME=str(tmp_path), HALO_GATEWAY_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, "-m", "halo_gateway"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_port("127.0.0.1", port, 60), "gateway did not start"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert "gateway stopping" in err and "Traceback" not in err

@@ -42,3 +42,38 @@ def test_json_log_lines_carry_trace_id() -> None:
     ctx = span.get_span_context()
     if ctx.is_valid:  # a real SDK provider is installed by setup() in this process
         assert out["trace_id"] == f"{ctx.trace_id:032x}"
+
+
+def test_spans_are_exported_over_otlp_when_the_endpoint_is_set(tmp_path) -> None:  # noqa: ANN001
+    """A real OTLP/HTTP exporter in a child process posts to a local collector stand-in."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[tuple[str, int]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, len(body)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    code = (
+        "from halo_telemetry import setup\n"
+        "t = setup('otlp-test', metrics_port=None)\n"
+        "with t.tracer.start_as_current_span('work'): pass\n"
+        "t.shutdown()\n"
+    )
+    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{server.server_port}")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    assert received and received[0][0] == "/v1/traces" and received[0][1] > 0

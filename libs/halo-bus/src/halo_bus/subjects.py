@@ -151,6 +151,31 @@ declare("event", f"{PREFIX}.evt.<service>.run.<run_id>.finished", "halo.evt.run-
 # registry
 REGISTRY_QUERY_RUNS = declare("rpc", rpc("registry", "runs-search"), "halo.rpc.runs-search.v1", "halo.rpc.runs-page.v1",
                               "Search runs with filters, sort, pagination and facets.")
+REGISTRY_RUN_GET = declare("rpc", rpc("registry", "run-get"), "halo.rpc.run-ref.v1", "halo.rpc.run-detail.v1",
+                           "One run: spec, summary, metrics, artifacts, evals, lineage, cost.")
+REGISTRY_RUN_METRICS = declare("rpc", rpc("registry", "run-metrics"), "halo.rpc.run-metrics-request.v1",
+                               "halo.rpc.run-metrics.v1", "Metric series of a run, downsampled on the server.")
+REGISTRY_RUNS_COMPARE = declare("rpc", rpc("registry", "runs-compare"), "halo.rpc.runs-compare-request.v1",
+                                "halo.rpc.runs-comparison.v1", "Overlay series and config diff of up to 8 runs.")
+REGISTRY_EVAL_GRID = declare("rpc", rpc("registry", "eval-grid"), "halo.rpc.eval-grid-request.v1", "halo.rpc.eval-grid.v1",
+                             "Cohort evaluation grid: runs x tasks, best run per task.")
+REGISTRY_EVAL_RECORD = declare("rpc", rpc("registry", "eval-record"), "halo.rpc.eval-record-request.v1",
+                               "halo.rpc.eval-recorded.v1", "Record evaluation results (run x task x metric, upsert).")
+REGISTRY_RUN_TAG = declare("rpc", rpc("registry", "run-tag"), "halo.rpc.run-tag-request.v1", "halo.rpc.run-summary.v1",
+                           "Add/remove tags of a run.")
+REGISTRY_RUN_NOTE = declare("rpc", rpc("registry", "run-note"), "halo.rpc.run-note-request.v1", "halo.rpc.run-summary.v1",
+                            "Set or append the notes of a run.")
+REGISTRY_RUN_DELETE = declare("rpc", rpc("registry", "run-delete"), "halo.rpc.run-delete-request.v1",
+                              "halo.rpc.run-deleted.v1", "Delete a run; keep or remove its artifacts.")
+REGISTRY_RUN_COST = declare("rpc", rpc("registry", "run-cost"), "halo.rpc.run-cost-request.v1", "halo.rpc.run-cost.v1",
+                            "Energy (kWh) and cost of a run, measured or nominal.")
+REGISTRY_RUN_BUNDLE = declare("rpc", rpc("registry", "run-bundle"), "halo.rpc.run-bundle-request.v1",
+                              "halo.rpc.run-bundle.v1", "Pack a run into a checksummed bundle under HALO_HOME/bundles.")
+REGISTRY_RUN_IMPORT = declare("rpc", rpc("registry", "run-import"), "halo.rpc.run-import-request.v1",
+                              "halo.rpc.run-imported.v1", "Import a bundle file; refuses a tampered or malformed one.")
+REGISTRY_RUN_REPLAY = declare("rpc", rpc("registry", "run-replay"), "halo.rpc.run-ref.v1", "halo.rpc.run-replay.v1",
+                              "The replay manifest of a run and its launch command.")
+REGISTRY_INGEST_DURABLE = "registry-ingest"  # durable JetStream consumer of RUN_EVENTS_WILDCARD
 
 # verifier-sandbox
 VERIFY = declare("rpc", rpc("verifier-sandbox", "verify"), "halo.rpc.verify-request.v1", "halo.rpc.verify-result.v1",
@@ -166,6 +191,9 @@ for _jt in TRAINER_TORCH_JOB_TYPES:
     declare("job", job("trainer-torch", _jt), "halo.job.envelope.v1", "-", f"Run a {_jt.upper()} training job.")
 TRAINER_TORCH_CANCEL = declare("rpc", rpc("trainer-torch", "cancel"), "halo.rpc.job-ref.v1", "halo.job.status.v1",
                                "Request cancellation of a running or queued job.")
+TRAINER_TORCH_PREVIEW = declare("rpc", rpc("trainer-torch", "preview"), "halo.rpc.training-preview-request.v1",
+                                "halo.rpc.training-preview-result.v1",
+                                "Dry run: validate a training spec and its data, render samples with trained vs masked tokens.")
 
 # trainer-mlx, rollout, eval, serve: declared as they are built.
 
