@@ -195,7 +195,15 @@ TRAINER_TORCH_PREVIEW = declare("rpc", rpc("trainer-torch", "preview"), "halo.rp
                                 "halo.rpc.training-preview-result.v1",
                                 "Dry run: validate a training spec and its data, render samples with trained vs masked tokens.")
 
-# trainer-mlx, rollout, eval, serve: declared as they are built.
+# rollout
+ROLLOUT_GENERATE = declare("rpc", rpc("rollout", "generate"), "halo.rpc.rollout-request.v1", "halo.rpc.rollout-result.v1",
+                           "Sample n completions per prompt (small batches); results name the weights version used.")
+ROLLOUT_LOAD = declare("rpc", rpc("rollout", "load"), "halo.rpc.rollout-load-request.v1", "halo.rpc.rollout-loaded.v1",
+                       "Load a model (+ adapter) into the rollout cache, or re-read updated weights from disk.")
+ROLLOUT_JOB = declare("job", job("rollout", "generate"), "halo.job.envelope.v1", "-",
+                      "Large rollout (spec halo.spec.rollout-job.v1): JSONL of completions under the run dir.")
+
+# trainer-mlx, eval, serve: declared as they are built.
 
 
 def render_messaging_md() -> str:

@@ -108,9 +108,21 @@ def read_records(location: str, split: str = "train") -> tuple[list[SourcedRecor
     Undecodable lines become problems (``data.jsonl:3: invalid JSON: ...``) instead of exceptions, so
     one run reports all of them. A missing file raises :class:`DataError` at once.
     """
+    if location.startswith("demo://"):
+        return _read_local(demo_path(location))
     if _is_local(location):
         return _read_local(Path(location).expanduser())
     return _read_hub(location, split)
+
+
+def demo_path(location: str) -> Path:
+    """``demo://<file>``: a dataset bundled with trainer-torch (used by ``halo-forge demo``)."""
+    from importlib import resources
+
+    name = location.removeprefix("demo://")
+    if "/" in name or name.startswith("."):
+        raise DataError([f"{location}: bundled dataset names are plain file names"])
+    return Path(str(resources.files("halo_trainer_torch") / "data" / name))
 
 
 def _read_local(path: Path) -> tuple[list[SourcedRecord], DatasetFile, list[str]]:

@@ -1,0 +1,356 @@
+"""Read side of the registry: search with facets, run detail, downsampled metric series,
+comparison of up to 8 runs, and the cohort evaluation grid. Every function takes an open
+connection (``with db.read() as conn``) and returns wire models."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, true
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.sql.elements import ColumnElement
+
+from halo_common.errors import NotFound
+from halo_registry.core.db import (
+    Database,
+    artifacts,
+    eval_results,
+    lineage,
+    metric_names,
+    metric_stats,
+    metrics,
+    run_tags,
+    runs,
+)
+from halo_schemas.registry import (
+    DEFAULT_COMPARE_METRICS,
+    FACET_FIELDS,
+    ArtifactInfo,
+    ConfigDiffRow,
+    EvalGrid,
+    EvalGridRequest,
+    EvalResult,
+    FacetCount,
+    GridCell,
+    GridTask,
+    LineageLink,
+    MetricInfo,
+    MetricSeries,
+    RunCompareRequest,
+    RunComparison,
+    RunSearch,
+    RunsPage,
+    RunSummary,
+)
+
+SUMMARY_COLUMNS = (
+    runs.c.pk, runs.c.run_id, runs.c.name, runs.c.method, runs.c.base_model, runs.c.models, runs.c.backend,
+    runs.c.status, runs.c.job_id, runs.c.service, runs.c.origin, runs.c.created_at, runs.c.started_at,
+    runs.c.finished_at, runs.c.last_event_at, runs.c.duration_s, runs.c.last_step, runs.c.total_steps, runs.c.error,
+)
+FACET_LIMIT = 25
+
+
+# ---- summaries -------------------------------------------------------------------------------
+def summaries(conn: Connection, rows: Sequence[Row[Any]]) -> list[RunSummary]:
+    """Build :class:`RunSummary` for ``rows`` (selected with SUMMARY_COLUMNS), three queries in all."""
+    if not rows:
+        return []
+    pks = [r.pk for r in rows]
+    tags: dict[int, list[str]] = {}
+    for pk, tag in conn.execute(select(run_tags.c.run_pk, run_tags.c.tag).where(run_tags.c.run_pk.in_(pks))
+                                .order_by(run_tags.c.tag)):
+        tags.setdefault(pk, []).append(tag)
+    with_eval = set(conn.scalars(select(eval_results.c.run_pk).where(eval_results.c.run_pk.in_(pks)).distinct()))
+    last: dict[int, dict[str, float]] = {}
+    q = (select(metric_stats.c.run_pk, metric_names.c.name, metric_stats.c.last_value)
+         .join(metric_names, metric_names.c.id == metric_stats.c.name_id)
+         .where(metric_stats.c.run_pk.in_(pks)))
+    for pk, name, value in conn.execute(q):
+        last.setdefault(pk, {})[name] = value
+    return [_summary(r, tags.get(r.pk, []), r.pk in with_eval, last.get(r.pk, {})) for r in rows]
+
+
+def _summary(r: Row[Any], tags: list[str], has_eval: bool, last: dict[str, float]) -> RunSummary:
+    duration = r.duration_s
+    if duration is None and r.started_at is not None and r.last_event_at is not None:
+        duration = max((r.last_event_at - r.started_at).total_seconds(), 0.0)
+    return RunSummary(
+        run_id=r.run_id, name=r.name, method=r.method, base_model=r.base_model, models=r.models or {},
+        backend=r.backend, status=r.status, job_id=r.job_id, service=r.service, origin=r.origin,
+        created_at=r.created_at, started_at=r.started_at, finished_at=r.finished_at, duration_s=duration,
+        last_step=r.last_step, total_steps=r.total_steps, tags=tags, has_eval=has_eval,
+        last_metrics={k: last[k] for k in sorted(last)}, error=r.error,
+    )
+
+
+def run_row(conn: Connection, run_id: str, *columns: Any) -> Row[Any]:
+    """The runs row of ``run_id`` (SUMMARY_COLUMNS plus ``columns``); :class:`NotFound` naming it."""
+    row = conn.execute(select(*SUMMARY_COLUMNS, *columns).where(runs.c.run_id == run_id)).first()
+    if row is None:
+        raise NotFound(f"no run {run_id!r} in the registry", param="run_id")
+    return row
+
+
+def run_summary(conn: Connection, run_id: str) -> RunSummary:
+    return summaries(conn, [run_row(conn, run_id)])[0]
+
+
+# ---- search ----------------------------------------------------------------------------------
+def _conditions(req: RunSearch) -> dict[str, list[ColumnElement[bool]]]:
+    """Filter clauses grouped by the facet they restrict (facet counts leave their own out)."""
+    conds: dict[str, list[ColumnElement[bool]]] = {k: [] for k in (*FACET_FIELDS, "other")}
+    if req.status:
+        conds["status"].append(runs.c.status.in_([s.value for s in req.status]))
+    if req.method:
+        conds["method"].append(runs.c.method.in_(req.method))
+    if req.backend:
+        conds["backend"].append(runs.c.backend.in_(req.backend))
+    if req.model:
+        conds["base_model"].append(runs.c.base_model.icontains(req.model, autoescape=True))
+    for tag in req.tag:
+        conds["tag"].append(exists().where(run_tags.c.run_pk == runs.c.pk, run_tags.c.tag == tag))
+    if req.text:
+        conds["other"].append(or_(runs.c.run_id.icontains(req.text, autoescape=True),
+                                  runs.c.name.icontains(req.text, autoescape=True)))
+    if req.since:
+        conds["other"].append(runs.c.created_at >= req.since)
+    if req.until:
+        conds["other"].append(runs.c.created_at < req.until)
+    if req.has_eval is not None:
+        has = exists().where(eval_results.c.run_pk == runs.c.pk)
+        conds["other"].append(has if req.has_eval else ~has)
+    return conds
+
+
+def search(db: Database, conn: Connection, req: RunSearch) -> RunsPage:
+    """One page of runs matching ``req``, its total, and facet counts when asked."""
+    conds = _conditions(req)
+    where = and_(true(), *(c for cs in conds.values() for c in cs))
+    desc = req.sort.startswith("-")
+    field = req.sort.lstrip("+-")
+    query = select(*SUMMARY_COLUMNS).where(where)
+    if field.startswith("metric."):
+        ids = db.name_ids(conn, [field[len("metric."):]], create=False)
+        nid = next(iter(ids.values()), -1)
+        ms = metric_stats.alias("sort_ms")
+        query = query.outerjoin(ms, and_(ms.c.run_pk == runs.c.pk, ms.c.name_id == nid))
+        key: Any = ms.c.last_value
+    else:
+        key = runs.c[field]
+    order = [(key.desc() if desc else key.asc()).nulls_last()]
+    if field != "run_id":
+        order.append(runs.c.run_id.desc() if desc else runs.c.run_id.asc())
+    rows = conn.execute(query.order_by(*order).limit(req.limit).offset(req.offset)).all()
+    total = conn.scalar(select(func.count()).select_from(runs).where(where)) or 0
+    facets = _facets(conn, conds) if req.facets else {}
+    return RunsPage(items=summaries(conn, rows), total=total, limit=req.limit, offset=req.offset, facets=facets)
+
+
+def _facets(conn: Connection, conds: dict[str, list[ColumnElement[bool]]]) -> dict[str, list[FacetCount]]:
+    out: dict[str, list[FacetCount]] = {}
+    for facet in FACET_FIELDS:
+        where = and_(true(), *(c for k, cs in conds.items() if k != facet for c in cs))
+        n = func.count().label("n")
+        if facet == "tag":
+            q = (select(run_tags.c.tag, n).join(runs, runs.c.pk == run_tags.c.run_pk).where(where)
+                 .group_by(run_tags.c.tag))
+        else:
+            col = runs.c[facet]
+            q = select(col, n).where(where, col.is_not(None)).group_by(col)
+        rows = conn.execute(q.order_by(n.desc(), q.selected_columns[0]).limit(FACET_LIMIT)).all()
+        out[facet] = [FacetCount(value=str(v), count=c) for v, c in rows]
+    return out
+
+
+# ---- detail ----------------------------------------------------------------------------------
+def metric_infos(conn: Connection, pk: int) -> list[MetricInfo]:
+    q = (select(metric_names.c.name, func.count(), func.min(metrics.c.value), func.max(metrics.c.value),
+                metric_stats.c.first_step, metric_stats.c.last_step, metric_stats.c.last_value)
+         .select_from(metric_stats)
+         .join(metric_names, metric_names.c.id == metric_stats.c.name_id)
+         .join(metrics, and_(metrics.c.run_pk == metric_stats.c.run_pk, metrics.c.name_id == metric_stats.c.name_id))
+         .where(metric_stats.c.run_pk == pk)
+         .group_by(metric_names.c.name, metric_stats.c.first_step, metric_stats.c.last_step, metric_stats.c.last_value)
+         .order_by(metric_names.c.name))
+    return [MetricInfo(name=n, points=c, min_value=lo, max_value=hi, first_step=f, last_step=last, last_value=v)
+            for n, c, lo, hi, f, last, v in conn.execute(q)]
+
+
+def artifact_infos(conn: Connection, pk: int) -> list[ArtifactInfo]:
+    q = select(artifacts).where(artifacts.c.run_pk == pk).order_by(artifacts.c.created_at, artifacts.c.id)
+    return [ArtifactInfo(kind=r.kind, format=r.format, path=r.path, sha256=r.sha256, size_bytes=r.size_bytes,
+                         step=r.step, created_at=r.created_at) for r in conn.execute(q)]
+
+
+def eval_infos(conn: Connection, pk: int) -> list[EvalResult]:
+    q = select(eval_results).where(eval_results.c.run_pk == pk).order_by(eval_results.c.task, eval_results.c.metric)
+    return [EvalResult(task=r.task, metric=r.metric, value=r.value, higher_is_better=r.higher_is_better,
+                       num_samples=r.num_samples, stderr=r.stderr, details=r.details or {}, source=r.source,
+                       created_at=r.created_at) for r in conn.execute(q)]
+
+
+def lineage_links(conn: Connection, run_id: str) -> tuple[list[LineageLink], list[LineageLink]]:
+    """(parents, children) of ``run_id``."""
+    def links(cond: ColumnElement[bool]) -> list[LineageLink]:
+        q = select(lineage).where(cond).order_by(lineage.c.created_at)
+        return [LineageLink(parent_run_id=r.parent_run_id, child_run_id=r.child_run_id, relation=r.relation,
+                            step=r.step, cycle=r.cycle, created_at=r.created_at) for r in conn.execute(q)]
+
+    return links(lineage.c.child_run_id == run_id), links(lineage.c.parent_run_id == run_id)
+
+
+# ---- metric series ---------------------------------------------------------------------------
+def metric_spans(conn: Connection, pk: int) -> dict[str, tuple[int, int, int]]:
+    """name -> (name_id, first_step, last_step) of every metric of a run (from metric_stats)."""
+    q = (select(metric_names.c.name, metric_stats.c.name_id, metric_stats.c.first_step, metric_stats.c.last_step)
+         .join(metric_names, metric_names.c.id == metric_stats.c.name_id)
+         .where(metric_stats.c.run_pk == pk))
+    return {n: (i, f, last) for n, i, f, last in conn.execute(q)}
+
+
+def read_series(conn: Connection, pk: int, name: str, span: tuple[int, int, int], max_points: int,
+                step_min: int | None = None, step_max: int | None = None) -> MetricSeries:
+    """One series, bucketed in SQL to at most ``max_points`` points: buckets of ``w`` consecutive
+    steps give their mean (and min/max), so a 1M-step run costs one indexed range scan."""
+    nid, first, last = span
+    lo = max(first, step_min) if step_min is not None else first
+    hi = min(last, step_max) if step_max is not None else last
+    if hi < lo:
+        return MetricSeries(name=name)
+    width = max(1, math.ceil((hi - lo + 1) / max_points))
+    where = and_(metrics.c.run_pk == pk, metrics.c.name_id == nid, metrics.c.step >= lo, metrics.c.step <= hi)
+    if width == 1:
+        rows = conn.execute(select(metrics.c.step, metrics.c.value).where(where).order_by(metrics.c.step)).all()
+        return MetricSeries(name=name, steps=[s for s, _ in rows], values=[v for _, v in rows], points=len(rows))
+    bucket = ((metrics.c.step - lo) // width).label("b")
+    q = (select(func.min(metrics.c.step), func.avg(metrics.c.value), func.min(metrics.c.value),
+                func.max(metrics.c.value), func.count())
+         .where(where).group_by(bucket).order_by(bucket))
+    rows = conn.execute(q).all()
+    points = sum(r[4] for r in rows)
+    down = any(r[4] > 1 for r in rows)
+    return MetricSeries(
+        name=name, steps=[r[0] for r in rows], values=[float(r[1]) for r in rows],
+        mins=[r[2] for r in rows] if down else None, maxs=[r[3] for r in rows] if down else None,
+        points=points, downsampled=down, bucket_steps=width if down else 1,
+    )
+
+
+def series_for(conn: Connection, pk: int, run_id: str, names: Sequence[str], max_points: int,
+               step_min: int | None = None, step_max: int | None = None, *, strict: bool = True) -> list[MetricSeries]:
+    """Series of ``names`` (all when empty). ``strict``: an unknown name is a :class:`NotFound`
+    listing the run's metrics; otherwise it is skipped."""
+    spans = metric_spans(conn, pk)
+    wanted = list(names) or sorted(spans)
+    missing = [n for n in wanted if n not in spans]
+    if missing and strict:
+        have = ", ".join(sorted(spans)) or "none"
+        raise NotFound(f"run {run_id!r} has no metric {', '.join(map(repr, missing))}; it has: {have}", param="names")
+    return [read_series(conn, pk, n, spans[n], max_points, step_min, step_max) for n in wanted if n in spans]
+
+
+# ---- comparison ------------------------------------------------------------------------------
+def _rows_for(conn: Connection, run_ids: Sequence[str], *columns: Any) -> list[Row[Any]]:
+    rows = {r.run_id: r for r in conn.execute(select(*SUMMARY_COLUMNS, *columns).where(runs.c.run_id.in_(run_ids)))}
+    missing = [r for r in run_ids if r not in rows]
+    if missing:
+        raise NotFound(f"no run {', '.join(map(repr, missing))} in the registry", param="run_ids")
+    return [rows[r] for r in run_ids]
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"lora": {"rank": 8}}`` -> ``{"lora.rank": 8}``; lists and scalars are leaves."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value} if prefix else {}
+
+
+def config_diff(configs: dict[str, dict[str, Any]]) -> tuple[list[ConfigDiffRow], int]:
+    """Keys whose values differ between runs (or that some runs lack), and how many are identical."""
+    flat = {rid: flatten(cfg) for rid, cfg in configs.items()}
+    keys = sorted({k for f in flat.values() for k in f})
+    diff, same = [], 0
+    for key in keys:
+        values = {rid: f[key] for rid, f in flat.items() if key in f}
+        canon = {json.dumps(v, sort_keys=True, default=str) for v in values.values()}
+        if len(values) == len(flat) and len(canon) == 1:
+            same += 1
+        else:
+            diff.append(ConfigDiffRow(key=key, values=values))
+    return diff, same
+
+
+def compare(db: Database, conn: Connection, req: RunCompareRequest) -> RunComparison:
+    """Overlay series of ``req.metrics`` (default: the loss/reward family the runs have) and the
+    config diff of the runs' specs plus their method, base model and backend."""
+    rows = _rows_for(conn, req.run_ids, runs.c.spec)
+    spans = {r.run_id: metric_spans(conn, r.pk) for r in rows}
+    names = list(req.metrics)
+    if not names:
+        present = {n for s in spans.values() for n in s}
+        names = [m for m in DEFAULT_COMPARE_METRICS if m in present]
+        if not names:  # no familiar names: the metrics every run shares, first two by name
+            common = set.intersection(*(set(s) for s in spans.values())) if spans else set()
+            names = sorted(common)[:2]
+    else:
+        unknown = [n for n in names if not any(n in s for s in spans.values())]
+        if unknown:
+            raise NotFound(f"none of the runs has metric {', '.join(map(repr, unknown))}", param="metrics")
+    series = {
+        r.run_id: [read_series(conn, r.pk, n, spans[r.run_id][n], req.max_points) for n in names
+                   if n in spans[r.run_id]]
+        for r in rows
+    }
+    configs = {
+        r.run_id: {**(r.spec or {}), "run": {"method": r.method, "base_model": r.base_model, "backend": r.backend}}
+        for r in rows
+    }
+    diff, same = config_diff(configs)
+    return RunComparison(runs=summaries(conn, rows), metrics=names, series=series, config_diff=diff,
+                         identical_keys=same)
+
+
+# ---- evaluation grid -------------------------------------------------------------------------
+def eval_grid(db: Database, conn: Connection, req: EvalGridRequest) -> EvalGrid:
+    """Runs × tasks of the cohort, the metric shown per task, and the best run of each task."""
+    if req.run_ids:
+        rows = _rows_for(conn, req.run_ids[: req.limit])
+    else:
+        search_req = (req.search or RunSearch()).model_copy(update={"has_eval": True, "limit": req.limit, "offset": 0,
+                                                                     "facets": False})
+        page_rows = conn.execute(
+            select(*SUMMARY_COLUMNS)
+            .where(and_(true(), *(c for cs in _conditions(search_req).values() for c in cs)))
+            .order_by(runs.c.created_at.desc(), runs.c.run_id.desc()).limit(req.limit)
+        ).all()
+        rows = list(page_rows)
+    pks = {r.pk: r.run_id for r in rows}
+    q = select(eval_results).where(eval_results.c.run_pk.in_(list(pks)))
+    if req.tasks:
+        q = q.where(eval_results.c.task.in_(req.tasks))
+    by_task: dict[str, dict[str, list[Row[Any]]]] = {}
+    for r in conn.execute(q):
+        by_task.setdefault(r.task, {}).setdefault(r.metric, []).append(r)
+    order = {r.run_id: i for i, r in enumerate(rows)}
+    tasks: list[GridTask] = []
+    cells: list[GridCell] = []
+    for task in (req.tasks or sorted(by_task)):
+        metrics_of = by_task.get(task, {})
+        metric = req.metric if req.metric else (sorted(metrics_of)[0] if metrics_of else None)
+        if metric is None or metric not in metrics_of:
+            continue
+        results = sorted(metrics_of[metric], key=lambda r: order[pks[r.run_pk]])
+        hib = bool(results[0].higher_is_better)
+        best = max(results, key=lambda r: r.value) if hib else min(results, key=lambda r: r.value)
+        tasks.append(GridTask(task=task, metric=metric, higher_is_better=hib, best_run_id=pks[best.run_pk],
+                              best_value=best.value))
+        cells.extend(GridCell(run_id=pks[r.run_pk], task=task, metric=metric, value=r.value, stderr=r.stderr,
+                              num_samples=r.num_samples, best=r.value == best.value) for r in results)
+    return EvalGrid(runs=summaries(conn, rows), tasks=tasks, cells=cells)

@@ -1,0 +1,74 @@
+"""The registry process: opens (and migrates) the run database, serves the registry RPCs and
+ingests run events from the durable JetStream consumer.
+
+    python -m halo_registry                       # HALO_NATS_URL, HALO_HOME, HALO_DATABASE_URL…
+
+Testable in-process: ``svc = Registry(settings, InMemoryBus()); await svc.start()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+
+from halo_registry import __version__, handlers
+from halo_registry.core.store import CostConfig, RegistryStore
+from halo_registry.ingest import IngestMetrics, IngestWorker
+from halo_registry.settings import RegistrySettings
+from halo_runtime import Service
+
+log = logging.getLogger("halo_registry")
+
+
+class _RunsGauge:
+    """``halo_registry_runs{status}``, counted from the database on each scrape."""
+
+    def __init__(self, store: RegistryStore) -> None:
+        self.store = store
+
+    def collect(self):  # noqa: ANN201 - prometheus collector protocol
+        g = GaugeMetricFamily("halo_registry_runs", "Runs in the registry by status", labels=["status"])
+        try:
+            for status, n in sorted(self.store.count_by_status().items()):
+                g.add_metric([status], n)
+        except Exception:  # an unreachable database: absent, never 0
+            pass
+        yield g
+
+
+class Registry(Service):
+    name = "registry"
+    version = __version__
+    description = "Run database: ingest, search, compare, cost, bundles, replay"
+    settings_cls = RegistrySettings
+
+    store: RegistryStore
+    ingest: IngestWorker
+
+    async def setup(self) -> None:
+        s: RegistrySettings = self.settings  # type: ignore[assignment]
+        costs = CostConfig(price_per_kwh=s.price_per_kwh, currency=s.currency, nominal_watts=s.nominal_watts)
+        self.store = await asyncio.to_thread(RegistryStore.open, s.database_url, s.home, costs=costs,
+                                             version=__version__)
+        metrics_registry = self.telemetry.registry if self.telemetry else CollectorRegistry()
+        metrics_registry.register(_RunsGauge(self.store))
+        for verb, handler, request_type in handlers.endpoints(self.store):
+            await self.endpoint(verb, handler, request_type)
+        self.ingest = await IngestWorker(self.store, self.bus, s, IngestMetrics(metrics_registry)).start()
+        await self.track(self.ingest)
+        log.info("registry database: %s", self.store.db.engine.url.render_as_string(hide_password=True))
+
+    def checks(self) -> dict[str, str]:
+        try:
+            self.store.db.ping()
+        except Exception as exc:
+            return {"database": str(exc)}
+        return {"database": "ok"}
+
+    async def stop(self) -> None:
+        await super().stop()
+        if hasattr(self, "store"):
+            self.store.close()

@@ -1,0 +1,109 @@
+"""Migrations: a database made by the first migration upgrades to head with its data intact; the
+tables the queries use match what the migrations build; the round trip down and up keeps data."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from sqlalchemy import inspect, text
+
+from halo_registry.core import migrate
+from halo_registry.core.db import database_url, make_engine, metadata, open_database
+from halo_registry.core.store import RegistryStore
+from halo_registry.testing import RegistryDb
+from halo_schemas.registry import RunCostRequest, RunMetricsRequest, RunSearch
+
+
+def _engine(db: RegistryDb):  # noqa: ANN202
+    return make_engine(database_url(db.url, db.home))
+
+
+def _seed_v1(engine) -> None:  # noqa: ANN001
+    """Rows as a 0001-era registry wrote them (raw SQL: no code of today involved)."""
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO runs (run_id, name, method, base_model, backend, status, created_at, started_at, "
+            "finished_at, duration_s, last_step, notes, spec) VALUES "
+            "('run-old1', 'old one', 'sft', 'tiny-llama', 'cpu', 'succeeded', :c, :c, :f, 3600.0, 2, 'kept', :spec),"
+            "('run-old2', NULL, 'dpo', 'tiny-qwen', 'cuda', 'failed', :c2, :c2, :f, 1800.0, 1, '', NULL)"),
+            {"c": datetime(2025, 5, 1, 10), "c2": datetime(2025, 5, 1, 10, 30), "f": datetime(2025, 5, 1, 11),
+             "spec": '{"lr": 0.001}'})
+        conn.execute(text("INSERT INTO run_tags (run_pk, tag) SELECT pk, 'legacy' FROM runs"))
+        conn.execute(text("INSERT INTO metric_names (name) VALUES ('loss'), ('lr')"))
+        conn.execute(text(
+            "INSERT INTO metrics (run_pk, name_id, step, value) "
+            "SELECT r.pk, n.id, s.step, CASE WHEN n.name = 'loss' THEN 3.0 - s.step ELSE 0.001 END "
+            "FROM runs r, metric_names n, (SELECT 0 AS step UNION ALL SELECT 1 UNION ALL SELECT 2) s "
+            "WHERE r.run_id = 'run-old1' OR s.step < 2"))
+        conn.execute(text(
+            "INSERT INTO eval_results (run_pk, task, metric, value, created_at) "
+            "SELECT pk, 'gsm8k', 'accuracy', 0.25, :c FROM runs WHERE run_id = 'run-old1'"),
+            {"c": datetime(2025, 5, 2)})
+
+
+def test_first_migration_upgrades_to_head_with_data_intact(registry_db: RegistryDb) -> None:
+    engine = _engine(registry_db)
+    migrate.upgrade(engine, "0001")
+    assert migrate.current_revision(engine) == "0001"
+    _seed_v1(engine)
+    assert "metric_stats" not in inspect(engine).get_table_names()
+
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == migrate.head_revision() == "0002"
+    engine.dispose()
+
+    store = RegistryStore.open(registry_db.url, registry_db.home)
+    try:
+        page = store.search(RunSearch(sort="created_at"))
+        assert [r.run_id for r in page.items] == ["run-old1", "run-old2"]
+        old1, old2 = page.items
+        assert (old1.name, old1.origin, old1.tags, old1.has_eval, old1.duration_s) == ("old one", "local", ["legacy"],
+                                                                                        True, 3600.0)
+        # metric_stats was backfilled from the stored points.
+        assert old1.last_metrics == {"loss": 1.0, "lr": 0.001} and old2.last_metrics == {"loss": 2.0, "lr": 0.001}
+        loss = store.metrics(RunMetricsRequest(run_id="run-old1", names=["loss"])).series[0]
+        assert (loss.steps, loss.values) == ([0, 1, 2], [3.0, 2.0, 1.0])
+        d = store.get("run-old1")
+        assert (d.notes, d.spec, [e.value for e in d.evals]) == ("kept", {"lr": 0.001}, [0.25])
+        assert store.cost(RunCostRequest(run_id="run-old1")).source == "nominal"
+    finally:
+        store.close()
+
+
+def test_down_and_up_again_keeps_the_data(registry_db: RegistryDb) -> None:
+    engine = _engine(registry_db)
+    migrate.upgrade(engine, "0001")
+    _seed_v1(engine)
+    migrate.upgrade(engine)
+    migrate.downgrade(engine, "0001")
+    assert "origin" not in {c["name"] for c in inspect(engine).get_columns("runs")}
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM metrics")).scalar() == 3 * 2 + 2 * 2
+        assert conn.execute(text("SELECT count(*) FROM metric_stats")).scalar() == 4
+    engine.dispose()
+
+
+def test_migrations_build_exactly_the_tables_the_queries_use(registry_db: RegistryDb) -> None:
+    db = open_database(registry_db.url, registry_db.home)  # an empty database: migrated on open
+    try:
+        insp = inspect(db.engine)
+        assert set(insp.get_table_names()) == set(metadata.tables) | {"alembic_version"}
+        for name, table in metadata.tables.items():
+            cols = {c["name"]: c for c in insp.get_columns(name)}
+            assert set(cols) == {c.name for c in table.columns}, name
+            for col in table.columns:
+                assert cols[col.name]["nullable"] == col.nullable or col.primary_key, f"{name}.{col.name}"
+            indexes = {i["name"] for i in insp.get_indexes(name)}
+            assert {i.name for i in table.indexes} <= indexes, name
+            pk = insp.get_pk_constraint(name)["constrained_columns"]
+            assert pk == [c.name for c in table.primary_key.columns], name
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("url", ["postgres://u@h/db", "postgresql://u@h/db"])
+def test_postgres_urls_use_psycopg(url: str, tmp_path) -> None:  # noqa: ANN001
+    assert database_url(url, tmp_path) == "postgresql+psycopg://u@h/db"
+    assert database_url(None, tmp_path) == f"sqlite:///{tmp_path / 'forge.db'}"

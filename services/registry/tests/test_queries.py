@@ -1,0 +1,267 @@
+"""Search, facets, detail, series downsampling, comparison, eval grid — checked against an
+oracle computed in Python from the runs the test creates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from halo_common.errors import NotFound
+from halo_registry.core.store import RegistryStore
+from halo_registry.testing import RunEmitter
+from halo_schemas.registry import (
+    EvalGridRequest,
+    EvalRecordRequest,
+    EvalResultIn,
+    RunCompareRequest,
+    RunMetricsRequest,
+    RunSearch,
+)
+
+BASE = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@dataclass
+class R:
+    run_id: str
+    method: str
+    model: str
+    backend: str
+    status: str
+    tags: list[str]
+    day: int
+    final_loss: float | None
+    evals: dict[str, float]
+
+
+RUNS = [
+    R("run-a01", "sft", "Qwen/Qwen2-0.5B", "cpu", "succeeded", ["base"], 0, 1.5, {"gsm8k": 0.30}),
+    R("run-a02", "sft", "Qwen/Qwen2-1.5B", "cuda", "succeeded", ["base", "big"], 1, 1.2, {"gsm8k": 0.42, "mbpp": 0.2}),
+    R("run-a03", "dpo", "Qwen/Qwen2-0.5B", "cuda", "failed", ["pref"], 2, 2.5, {}),
+    R("run-a04", "dpo", "meta-llama/Llama-3.2-1B", "rocm", "succeeded", ["pref", "big"], 3, 0.9, {"gsm8k": 0.38}),
+    R("run-a05", "grpo", "meta-llama/Llama-3.2-1B", "cuda", "running", ["rl"], 4, None, {}),
+    R("run-a06", "grpo", "Qwen/Qwen2-0.5B", "mlx", "succeeded", ["rl", "base"], 5, 1.1, {"mbpp": 0.35}),
+    R("run-a07", "sft", "tiny-llama", "cpu", "cancelled", [], 6, 3.0, {}),
+    R("run-a08", "orpo", "Qwen/Qwen2-1.5B", "cuda", "succeeded", ["big"], 7, 1.0, {"gsm8k": 0.42}),
+]
+
+
+def _emit(store: RegistryStore, r: R) -> None:
+    em = RunEmitter(r.run_id, method=r.method, base_model=r.model, backend=r.backend,
+                    spec={"name": f"name-{r.run_id[-2:]}", "tags": r.tags, "lr": 1e-4 * (1 + r.day % 2),
+                          "lora": {"rank": 8 if r.day < 4 else 16, "alpha": 16}},
+                    t0=BASE + timedelta(days=r.day), step_s=1.0 + r.day)
+    evs = [em.started()]
+    if r.final_loss is not None:
+        evs += [em.progressed(s, loss=r.final_loss + (9 - s) * 0.1) for s in range(10)]
+    if r.status != "running":
+        evs.append(em.finished(r.status, error="boom" if r.status == "failed" else None))
+    store.apply_events(evs)
+    if r.evals:
+        store.record_eval(EvalRecordRequest(run_id=r.run_id, results=[
+            EvalResultIn(task=t, metric="accuracy", value=v) for t, v in r.evals.items()]))
+
+
+@pytest.fixture
+def populated(store: RegistryStore) -> RegistryStore:
+    for r in RUNS:
+        _emit(store, r)
+    return store
+
+
+def ids(page) -> list[str]:  # noqa: ANN001
+    return [i.run_id for i in page.items]
+
+
+def oracle(pred, key=lambda r: r.day, reverse=True) -> list[str]:  # noqa: ANN001
+    return [r.run_id for r in sorted((r for r in RUNS if pred(r)), key=key, reverse=reverse)]
+
+
+@pytest.mark.parametrize(("req", "pred"), [
+    ({}, lambda r: True),
+    ({"status": ["succeeded"]}, lambda r: r.status == "succeeded"),
+    ({"status": ["failed", "cancelled"]}, lambda r: r.status in ("failed", "cancelled")),
+    ({"method": ["dpo", "grpo"]}, lambda r: r.method in ("dpo", "grpo")),
+    ({"model": "qwen2-0.5"}, lambda r: "qwen2-0.5" in r.model.lower()),
+    ({"model": "LLAMA"}, lambda r: "llama" in r.model.lower()),
+    ({"backend": ["cuda"]}, lambda r: r.backend == "cuda"),
+    ({"tag": ["big"]}, lambda r: "big" in r.tags),
+    ({"tag": ["big", "pref"]}, lambda r: {"big", "pref"} <= set(r.tags)),
+    ({"has_eval": True}, lambda r: bool(r.evals)),
+    ({"has_eval": False}, lambda r: not r.evals),
+    ({"since": BASE + timedelta(days=2), "until": BASE + timedelta(days=5)}, lambda r: 2 <= r.day < 5),
+    ({"text": "name-0"}, lambda r: True),
+    ({"text": "a03"}, lambda r: r.run_id == "run-a03"),
+    ({"status": ["succeeded"], "backend": ["cuda"], "tag": ["big"]},
+     lambda r: r.status == "succeeded" and r.backend == "cuda" and "big" in r.tags),
+])
+def test_search_filters(populated: RegistryStore, req: dict, pred) -> None:  # noqa: ANN001
+    page = populated.search(RunSearch(**req))
+    assert ids(page) == oracle(pred)
+    assert page.total == len(oracle(pred))
+
+
+def test_sort_and_pagination(populated: RegistryStore) -> None:
+    asc = populated.search(RunSearch(sort="created_at"))
+    assert ids(asc) == oracle(lambda r: True, reverse=False)
+    by_method = populated.search(RunSearch(sort="method"))
+    assert ids(by_method) == [r.run_id for r in sorted(RUNS, key=lambda r: (r.method, r.run_id))]
+    # Duration: finished runs by duration desc (10 steps x step_s), the running one last (no duration).
+    by_dur = populated.search(RunSearch(sort="-duration_s"))
+    assert ids(by_dur)[-1] == "run-a05"
+    assert [i.duration_s for i in by_dur.items[:-1]] == sorted([i.duration_s for i in by_dur.items[:-1]], reverse=True)
+
+    pages = [populated.search(RunSearch(sort="-created_at", limit=3, offset=o)) for o in (0, 3, 6, 9)]
+    assert [x for p in pages for x in ids(p)] == oracle(lambda r: True)
+    assert [p.total for p in pages] == [8, 8, 8, 8] and ids(pages[3]) == []
+
+
+def test_sort_by_last_metric_value(populated: RegistryStore) -> None:
+    page = populated.search(RunSearch(sort="metric.loss"))
+    with_loss = [r for r in RUNS if r.final_loss is not None]
+    expected = [r.run_id for r in sorted(with_loss, key=lambda r: (r.final_loss, r.run_id))]
+    expected += sorted(r.run_id for r in RUNS if r.final_loss is None)
+    assert ids(page) == expected
+    assert page.items[0].last_metrics["loss"] == pytest.approx(0.9)
+    # An unknown metric sorts nothing away: every run is there, by run id.
+    assert ids(populated.search(RunSearch(sort="metric.nope"))) == sorted(r.run_id for r in RUNS)
+
+
+def test_facets_count_with_the_other_filters(populated: RegistryStore) -> None:
+    page = populated.search(RunSearch(method=["sft"], facets=True))
+    f = {k: {c.value: c.count for c in v} for k, v in page.facets.items()}
+    sft = [r for r in RUNS if r.method == "sft"]
+    # The method facet ignores the method filter (so other methods stay visible)…
+    assert f["method"] == {"sft": 3, "dpo": 2, "grpo": 2, "orpo": 1}
+    # …every other facet counts within it.
+    assert f["status"] == {"succeeded": 2, "cancelled": 1}
+    assert f["backend"] == {b: sum(r.backend == b for r in sft) for b in {r.backend for r in sft}}
+    assert f["tag"] == {"base": 2, "big": 1}
+    assert f["base_model"] == {"Qwen/Qwen2-0.5B": 1, "Qwen/Qwen2-1.5B": 1, "tiny-llama": 1}
+    assert [c.count for c in page.facets["method"]] == sorted((c.count for c in page.facets["method"]), reverse=True)
+
+
+def test_unknown_filters_and_bad_pages_are_refused_by_name() -> None:
+    with pytest.raises(ValidationError, match="colour"):
+        RunSearch.model_validate({"colour": "red"})
+    with pytest.raises(ValidationError, match="offset"):
+        RunSearch(offset=-1)
+    with pytest.raises(ValidationError, match="limit"):
+        RunSearch(limit=0)
+    with pytest.raises(ValidationError, match="unknown sort field 'colour'"):
+        RunSearch(sort="-colour")
+    with pytest.raises(ValidationError, match="status"):
+        RunSearch.model_validate({"status": ["finished"]})
+
+
+def test_detail_of_unknown_run_is_not_found(populated: RegistryStore) -> None:
+    with pytest.raises(NotFound, match="run-zzz"):
+        populated.get("run-zzz")
+
+
+# ---- series ----------------------------------------------------------------------------------
+@pytest.fixture
+def long_run(store: RegistryStore) -> str:
+    em = RunEmitter("run-long")
+    n = 10_000
+    store.apply_events([em.started()])
+    batch = [em.progressed(s, x=float(s), y=float(s % 7)) for s in range(n)]
+    for i in range(0, n, 2000):
+        store.apply_events(batch[i:i + 2000])
+    return em.run_id
+
+
+def test_series_downsampled_exactly(store: RegistryStore, long_run: str) -> None:
+    m = store.metrics(RunMetricsRequest(run_id=long_run, names=["x"], max_points=100))
+    (x,) = m.series
+    assert (x.points, x.downsampled, x.bucket_steps, len(x.steps)) == (10_000, True, 100, 100)
+    assert x.steps[:3] == [0, 100, 200]
+    assert x.values[0] == pytest.approx(49.5) and x.values[-1] == pytest.approx(9949.5)
+    assert (x.mins[5], x.maxs[5]) == (500.0, 599.0)
+
+
+def test_series_raw_when_short_enough_and_step_window(store: RegistryStore, long_run: str) -> None:
+    m = store.metrics(RunMetricsRequest(run_id=long_run, names=["y"], max_points=20000))
+    (y,) = m.series
+    assert (y.points, y.downsampled, y.mins) == (10_000, False, None)
+    assert y.values[:8] == [0, 1, 2, 3, 4, 5, 6, 0]
+    w = store.metrics(RunMetricsRequest(run_id=long_run, names=["x"], step_min=1000, step_max=1099, max_points=10))
+    assert (w.series[0].steps[0], w.series[0].points, w.series[0].bucket_steps) == (1000, 100, 10)
+    assert w.series[0].values[-1] == pytest.approx(1094.5)
+
+
+def test_series_unknown_metric_names_what_exists(store: RegistryStore, long_run: str) -> None:
+    with pytest.raises(NotFound, match=r"no metric 'lss'; it has: x, y"):
+        store.metrics(RunMetricsRequest(run_id=long_run, names=["lss"]))
+
+
+def test_sparse_series_is_not_marked_downsampled(store: RegistryStore) -> None:
+    em = RunEmitter()
+    store.apply_events([em.started()] + [em.progressed(s * 50, loss=float(s)) for s in range(40)])
+    (loss,) = store.metrics(RunMetricsRequest(run_id=em.run_id, max_points=100)).series
+    assert (loss.points, loss.downsampled, len(loss.values)) == (40, False, 40)
+    assert loss.steps[-1] == 1950 and loss.values == [float(s) for s in range(40)]
+
+
+# ---- compare ---------------------------------------------------------------------------------
+def test_compare_overlay_and_config_diff(populated: RegistryStore) -> None:
+    cmp = populated.compare(RunCompareRequest(run_ids=["run-a01", "run-a04", "run-a06"], max_points=5))
+    assert [r.run_id for r in cmp.runs] == ["run-a01", "run-a04", "run-a06"]
+    assert cmp.metrics == ["loss"]
+    s = cmp.series["run-a04"][0]
+    assert (s.name, s.points, s.bucket_steps, len(s.values)) == ("loss", 10, 2, 5)
+    assert s.values[0] == pytest.approx(0.9 + 0.85)  # mean of steps 0 and 1
+    diff = {d.key: d.values for d in cmp.config_diff}
+    assert diff["lora.rank"] == {"run-a01": 8, "run-a04": 8, "run-a06": 16}
+    assert diff["run.method"] == {"run-a01": "sft", "run-a04": "dpo", "run-a06": "grpo"}
+    assert diff["lr"] == {"run-a01": 1e-4, "run-a04": 2e-4, "run-a06": 2e-4}
+    assert "lora.alpha" not in diff and cmp.identical_keys == 1  # only lora.alpha agrees
+    assert list(diff) == sorted(diff)
+
+
+def test_compare_refuses_bad_requests(populated: RegistryStore) -> None:
+    with pytest.raises(ValidationError, match="run_ids"):
+        RunCompareRequest(run_ids=[f"run-{i}" for i in range(9)])
+    with pytest.raises(ValidationError, match="given twice: run-a01"):
+        RunCompareRequest(run_ids=["run-a01", "run-a01"])
+    with pytest.raises(NotFound, match="run-nope"):
+        populated.compare(RunCompareRequest(run_ids=["run-a01", "run-nope"]))
+    with pytest.raises(NotFound, match="'reward'"):
+        populated.compare(RunCompareRequest(run_ids=["run-a01", "run-a02"], metrics=["reward"]))
+
+
+# ---- eval grid -------------------------------------------------------------------------------
+def test_eval_grid_best_per_task(populated: RegistryStore) -> None:
+    populated.record_eval(EvalRecordRequest(run_id="run-a02", results=[
+        EvalResultIn(task="wikitext", metric="perplexity", value=12.0, higher_is_better=False)]))
+    populated.record_eval(EvalRecordRequest(run_id="run-a04", results=[
+        EvalResultIn(task="wikitext", metric="perplexity", value=9.5, higher_is_better=False)]))
+    grid = populated.grid(EvalGridRequest())
+    assert [r.run_id for r in grid.runs] == oracle(lambda r: bool(r.evals))
+    tasks = {t.task: t for t in grid.tasks}
+    assert (tasks["gsm8k"].best_value, tasks["gsm8k"].metric) == (0.42, "accuracy")
+    assert tasks["gsm8k"].best_run_id == "run-a08"  # tie with run-a02: the first in cohort order
+    assert {c.run_id for c in grid.cells if c.task == "gsm8k" and c.best} == {"run-a02", "run-a08"}
+    assert (tasks["wikitext"].best_run_id, tasks["wikitext"].higher_is_better) == ("run-a04", False)
+    assert tasks["mbpp"].best_run_id == "run-a06"
+    assert len(grid.cells) == 4 + 2 + 2  # gsm8k, mbpp, wikitext
+
+    picked = populated.grid(EvalGridRequest(run_ids=["run-a01", "run-a02"], tasks=["gsm8k"]))
+    assert [t.best_run_id for t in picked.tasks] == ["run-a02"] and len(picked.cells) == 2
+    by_search = populated.grid(EvalGridRequest(search=RunSearch(tag=["big"])))
+    assert [r.run_id for r in by_search.runs] == ["run-a08", "run-a04", "run-a02"]
+
+
+def test_eval_record_upserts(populated: RegistryStore) -> None:
+    req = EvalRecordRequest(run_id="run-a01", results=[EvalResultIn(task="gsm8k", metric="accuracy", value=0.5,
+                                                                    num_samples=100, stderr=0.05)])
+    assert populated.record_eval(req).recorded == 1
+    evals = populated.get("run-a01").evals
+    assert [(e.task, e.value, e.num_samples, e.stderr) for e in evals] == [("gsm8k", 0.5, 100, 0.05)]
+    with pytest.raises(NotFound):
+        populated.record_eval(req.model_copy(update={"run_id": "run-nope"}))
+    with pytest.raises(ValidationError, match="finite"):
+        EvalResultIn(task="t", metric="m", value=float("nan"))

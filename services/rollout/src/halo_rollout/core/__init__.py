@@ -1,0 +1,1 @@
+"""Pure rollout logic (backends, model cache, job runner, reward workbench), testable without NATS."""

@@ -1,0 +1,136 @@
+"""A Trainer for pairwise preference objectives (DPO variants, ORPO) over pre-tokenized pairs.
+
+It owns what TRL 1.x's DPOTrainer no longer offers (kto_pair, cDPO label smoothing on the sigmoid loss,
+reference-free mode, ORPO in the stable API) while reusing TRL's pieces: the preference collator (chosen
+and rejected in one padded batch) and the fused LM head (per-token log-probs without materialising the
+vocabulary-sized logits).
+
+The reference model is, in order: none (reference-free DPO and ORPO), the policy with its adapter
+disabled (LoRA/DoRA/rsLoRA/QLoRA with no explicit reference), or a separate frozen model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import Trainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.utils import add_fused_lm_head
+
+from halo_trainer_torch.core.components.hooks import HaloTrainerMixin
+from halo_trainer_torch.core.components.losses import PreferenceLossOutput
+from halo_trainer_torch.core.components.model import is_peft
+
+#: objective(chosen_logps, rejected_logps, ref_chosen_logps | None, ref_rejected_logps | None,
+#:           chosen_lengths, rejected_lengths) -> PreferenceLossOutput
+Objective = Callable[..., PreferenceLossOutput]
+
+
+class PreferenceTrainer(HaloTrainerMixin, Trainer):
+    """Train ``model`` on batches of (prompt, chosen, rejected) token ids with ``objective``.
+
+    ``reference`` is "none", "adapter" (disable the PEFT adapter) or "model" (pass ``ref_model``).
+    """
+
+    # compute_loss returns a per-micro-batch mean; the Trainer divides by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *, model: Any, args: Any, train_dataset: Any, eval_dataset: Any, tokenizer: Any,
+                 objective: Objective, reference: str = "none", ref_model: Any = None,
+                 callbacks: list[Any] | None = None, max_length: int | None = None) -> None:
+        if reference not in ("none", "adapter", "model"):
+            raise ValueError(f"unknown reference mode {reference!r}")
+        if reference == "adapter" and not is_peft(model):
+            raise ValueError("reference='adapter' needs a PEFT model")
+        if reference == "model" and ref_model is None:
+            raise ValueError("reference='model' needs ref_model")
+        add_fused_lm_head(model.get_base_model() if is_peft(model) else model)
+        if is_peft(model) and args.gradient_checkpointing:
+            model.enable_input_require_grads()
+        collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=max_length)
+        super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks)
+        self.objective = objective
+        self.reference = reference
+        self.ref_model = None
+        if ref_model is not None and reference == "model":
+            ref_model.eval()
+            for p in ref_model.parameters():
+                p.requires_grad_(False)
+            add_fused_lm_head(ref_model)
+            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids"]
+
+    def _sequence_logps(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed completion log-probs and completion lengths for the 2B sequences of the batch."""
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
+                    fused_lm_head=True, use_cache=False)
+        shift_mask = completion_mask[:, 1:]
+        per_token = out.log_probs[:, -shift_mask.size(1):]
+        return per_token.sum(dim=1), shift_mask.sum(dim=1)
+
+    @contextlib.contextmanager
+    def _reference_context(self) -> Any:
+        with torch.no_grad():
+            if self.reference == "adapter":
+                with self.accelerator.unwrap_model(self.model).disable_adapter():
+                    yield self.model
+            else:
+                yield self.ref_model
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        mode = "train" if self.model.training else "eval"
+        logps, lengths = self._sequence_logps(model, inputs)
+        chosen_logps, rejected_logps = logps.chunk(2)
+        chosen_len, rejected_len = lengths.chunk(2)
+        ref_c = ref_r = None
+        if self.reference != "none":
+            with self._reference_context() as ref:
+                ref_logps, _ = self._sequence_logps(ref, inputs)
+            ref_c, ref_r = ref_logps.chunk(2)
+        out = self.objective(chosen_logps, rejected_logps, ref_c, ref_r, chosen_len, rejected_len)
+        loss = out.losses.mean()
+        self._record(mode, out, chosen_logps.detach(), rejected_logps.detach())
+        return (loss, out) if return_outputs else loss
+
+    def _record(self, mode: str, out: PreferenceLossOutput, chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> None:
+        g = self.accelerator.gather_for_metrics
+        c, r = g(out.chosen_rewards), g(out.rejected_rewards)
+        m = self._metrics[mode]
+        m["reward_chosen"].append(c.mean().item())
+        m["reward_rejected"].append(r.mean().item())
+        m["reward_accuracy"].append((c > r).float().mean().item())
+        m["reward_margin"].append((c - r).mean().item())
+        m["logps_chosen"].append(g(chosen_logps).mean().item())
+        m["logps_rejected"].append(g(rejected_logps).mean().item())
+        for extra in ("nll", "log_odds_ratio", "log_odds"):
+            value = getattr(out, extra, None)
+            if value is not None:
+                m[extra].append(g(value).mean().item())
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> tuple[Any, Any, Any]:
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs.update(metrics)
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
