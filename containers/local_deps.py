@@ -2,13 +2,14 @@
 
 Usage (in a Containerfile, from the build context = repository root)::
 
-    python containers/local_deps.py services/trainer-torch [--with halo-models]
+    python containers/local_deps.py services/trainer-torch [--with halo-models] [--extras vllm]
 
 Prints ``libs/halo-common libs/halo-schemas ... services/trainer-torch``: the service plus the
 transitive closure of its ``halo-*`` dependencies found under ``libs/`` (and ``services/``), each
 as a path. Passing paths to pip means those names are never looked up on a package index — a
 ``halo-*`` dependency that is not in this repository is an error here, not a silent download of
-someone else's package with the same name.
+someone else's package with the same name. ``--extras a,b`` installs the service with those
+optional dependencies (``services/rollout[vllm]``); empty means none.
 """
 
 from __future__ import annotations
@@ -76,12 +77,15 @@ def main(argv: list[str]) -> int:
         return 2
     service_dir = Path(argv[0])
     extra = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--with"]
+    extras = ",".join(x for i, a in enumerate(argv[:-1]) if a == "--extras" for x in argv[i + 1].split(",") if x)
     if not (service_dir / "pyproject.toml").is_file():
         print(f"{service_dir}: no pyproject.toml (is SERVICE a folder under services/?)", file=sys.stderr)
         return 2
     root = Path.cwd().resolve()
-    paths = closure(service_dir, extra, root=root)
-    print(" ".join(str(p.resolve().relative_to(root)) for p in paths))
+    paths = [str(p.resolve().relative_to(root)) for p in closure(service_dir, extra, root=root)]
+    if extras:
+        paths[-1] += f"[{extras}]"
+    print(" ".join(paths))
     return 0
 
 

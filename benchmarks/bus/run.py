@@ -17,10 +17,10 @@ Two measurements, each halo-bus vs the baseline a user would otherwise write wit
 halo-bus has no core (fire-and-forget) publish, so there is nothing to compare there.
 
 Both sides run in alternating rounds (which side goes first alternates too) so machine noise hits
-both equally. By default the process installs the OpenTelemetry SDK tracer provider exactly as
-every service does through ``halo_telemetry.setup`` (spans are created, nothing exported), because
-that is what halo-bus costs inside a running service; ``--no-sdk-tracer`` measures the bare
-library (no-op tracer). The ratio printed is halo-bus time per operation / raw time per
+both equally. By default tracing is set up exactly as every service does through
+``halo_telemetry.setup`` with no OTLP endpoint configured (no SDK provider: halo-bus skips all
+span work); ``--with-tracing`` installs the SDK provider with an in-memory exporter to measure
+what tracing costs when it is on. The ratio printed is halo-bus time per operation / raw time per
 operation; the target is an overhead under 20 % (ratio < 1.20). Results go to
 ``benchmarks/results/bus.json``.
 """
@@ -44,11 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from pydantic import Field
-
 from halo_bus import NatsBus, subjects
 from halo_common.natsproc import NatsProcess, find_nats_server
 from halo_schemas.base import Message
+from pydantic import Field
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "bus.json"
@@ -118,7 +117,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def interleave(
-    rounds: int, n: int, halo_op: Callable[[int], Awaitable[None]], raw_op: Callable[[int], Awaitable[None]],
+    rounds: int,
+    n: int,
+    halo_op: Callable[[int], Awaitable[None]],
+    raw_op: Callable[[int], Awaitable[None]],
     time_each: bool,
 ) -> tuple[Side, Side]:
     """Run ``rounds`` rounds of ``n`` sequential operations per side, alternating which side
@@ -153,12 +155,15 @@ def verdict(ratio: float) -> str:
 
 # ---- the benchmark ----------------------------------------------------------------------------
 async def run(rounds: int, n: int, warmup: int, sdk_tracer: bool) -> dict[str, Any]:
-    if sdk_tracer:
-        # Exactly what halo_telemetry.setup() does in every service (no OTLP endpoint set, so
-        # spans are created and dropped): the cost of tracing is part of halo-bus in practice.
-        from halo_telemetry.setup import install_tracer_provider
+    from halo_telemetry.setup import install_tracer_provider
 
-        install_tracer_provider("bench-bus")
+    if sdk_tracer:
+        # Tracing on: every hop creates real spans (exported in memory, then dropped).
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        install_tracer_provider("bench-bus", InMemorySpanExporter())
+    else:
+        install_tracer_provider("bench-bus")  # what a service does with no OTLP endpoint: nothing
 
     with tempfile.TemporaryDirectory(prefix="halo-bench-bus-") as tmp:
         proc = NatsProcess.start(store_dir=Path(tmp) / "nats", log_file=Path(tmp) / "nats.log")
@@ -207,7 +212,9 @@ async def _measure(url: str, rounds: int, n: int, warmup: int) -> dict[str, Any]
                 raise AssertionError("raw reply differs from the request")
 
         async def halo_pub(i: int) -> None:
-            await client_bus.publish_event(HALO_EVT, BenchEvent(run_id=RUN_ID, step=i, loss=1.2345, tokens_per_s=4321.0))
+            await client_bus.publish_event(
+                HALO_EVT, BenchEvent(run_id=RUN_ID, step=i, loss=1.2345, tokens_per_s=4321.0)
+            )
 
         async def raw_pub(_i: int) -> None:
             await raw_js.publish(RAW_EVT, event_bytes, stream=subjects.STREAM_EVENTS)
@@ -277,14 +284,18 @@ async def _measure(url: str, rounds: int, n: int, warmup: int) -> dict[str, Any]
 
 def print_table(res: dict[str, Any], args: argparse.Namespace) -> None:
     rpc, pub, ratios = res["rpc"], res["publish_acked"], res["ratios_halo_over_raw"]
-    tracer = "OTel SDK tracer installed (as in services)" if args.sdk_tracer else "no-op tracer"
+    tracer = "tracing on (SDK provider, in-memory exporter)" if args.sdk_tracer else "tracing as configured by default (off)"
     print(f"halo-bus vs raw nats-py — {args.rounds} rounds x {args.n} ops per side, interleaved; {tracer}")
     print(f"target: halo-bus overhead < {TARGET_OVERHEAD:.0%} (ratio halo/raw < {1 + TARGET_OVERHEAD:.2f})\n")
     rows = [
         ("rpc round trip p50 (us)", rpc["halo_bus"]["p50_us"], rpc["raw_nats_py"]["p50_us"], ratios["rpc_p50"]),
         ("rpc round trip p99 (us)", rpc["halo_bus"]["p99_us"], rpc["raw_nats_py"]["p99_us"], ratios["rpc_p99"]),
-        ("acked JetStream publish (msg/s)", pub["halo_bus"]["msgs_per_s"], pub["raw_nats_py"]["msgs_per_s"],
-         ratios["publish"]),
+        (
+            "acked JetStream publish (msg/s)",
+            pub["halo_bus"]["msgs_per_s"],
+            pub["raw_nats_py"]["msgs_per_s"],
+            ratios["publish"],
+        ),
     ]
     head = f"{'measurement':<40}{'halo-bus':>12}{'raw nats-py':>14}{'ratio':>9}{'overhead':>10}  verdict"
     print(head)
@@ -292,8 +303,10 @@ def print_table(res: dict[str, Any], args: argparse.Namespace) -> None:
     for name, h, r, ratio in rows:
         print(f"{name:<40}{h:>12,.1f}{r:>14,.1f}{ratio:>9.2f}{ratio - 1:>+10.0%}  {verdict(ratio)}")
     cpu = res["cpu_ratios_halo_over_raw"]
-    for name, key, ratio in (("rpc CPU per op (us, this process)", "rpc", cpu["rpc_cpu"]),
-                             ("publish CPU per op (us, this process)", "publish_acked", cpu["publish_cpu"])):
+    for name, key, ratio in (
+        ("rpc CPU per op (us, this process)", "rpc", cpu["rpc_cpu"]),
+        ("publish CPU per op (us, this process)", "publish_acked", cpu["publish_cpu"]),
+    ):
         h, r = res[key]["halo_bus"]["cpu_us_per_op"], res[key]["raw_nats_py"]["cpu_us_per_op"]
         print(f"{name:<40}{h:>12,.1f}{r:>14,.1f}{ratio:>9.2f}{ratio - 1:>+10.0%}  (info)")
     print("\nratio = halo-bus time per operation / raw time per operation (for msg/s: raw rate / halo rate)")
@@ -313,8 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per side (default 10; quick 4)")
     parser.add_argument("-n", type=int, default=None, help="operations per round per side (default 1000; quick 150)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up operations per side (default 300; quick 50)")
-    parser.add_argument("--no-sdk-tracer", dest="sdk_tracer", action="store_false",
-                        help="measure the bare library (no OTel SDK tracer provider)")
+    parser.add_argument(
+        "--with-tracing",
+        dest="sdk_tracer",
+        action="store_true",
+        help="install the OTel SDK tracer (in-memory exporter) to measure the cost of tracing when on",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS.relative_to(ROOT)})")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (4 if args.quick else 10)
@@ -330,10 +347,19 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bus",
         "baseline": "raw nats-py (nc.request echo responder; js.publish)",
         "target_overhead": TARGET_OVERHEAD,
-        "config": {"rounds": args.rounds, "ops_per_round": args.n, "warmup": args.warmup,
-                   "quick": args.quick, "sdk_tracer": args.sdk_tracer},
-        "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
-                        "nats_server": nats_server_version(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "config": {
+            "rounds": args.rounds,
+            "ops_per_round": args.n,
+            "warmup": args.warmup,
+            "quick": args.quick,
+            "sdk_tracer": args.sdk_tracer,
+        },
+        "environment": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "nats_server": nats_server_version(),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
         **res,
         "pass": all(v == "PASS" for v in res["verdicts"].values()),
     }

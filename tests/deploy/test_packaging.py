@@ -30,7 +30,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from halo_bus.subjects import SERVICES as PLANNED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +46,7 @@ METRICS_PORT = "9400"
 SHARED_ENV = {"HALO_NATS_URL", "HALO_DATABASE_URL", "HALO_HOME", "HALO_LOG_LEVEL", "HALO_LOG_JSON"}
 # Metrics the dashboard shows before the services that will export them exist. Keep this list
 # short: each name is what the owning service is asked to export (see compose/README.md).
-PLANNED_METRICS = {"halo_train_loss", "halo_train_tokens_total", "halo_verifier_executions_total"}
+PLANNED_METRICS = {"halo_train_loss", "halo_train_tokens_total"}
 
 
 # ---- the four spellings ----------------------------------------------------------------------------
@@ -90,7 +89,9 @@ def test_service_folders_follow_the_spellings() -> None:
         if not (d / "pyproject.toml").is_file():
             continue
         mains = sorted(p.parent.name for p in (d / "src").glob("*/__main__.py"))
-        assert mains in ([], [module_of(d.name)]), f"services/{d.name}: __main__ found in {mains}, expected {module_of(d.name)}"
+        assert mains in ([], [module_of(d.name)]), (
+            f"services/{d.name}: __main__ found in {mains}, expected {module_of(d.name)}"
+        )
         assert re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", d.name), f"services/{d.name}: folder must be kebab-case"
     assert "gateway" in EXISTING  # the derivation above works at all
 
@@ -101,7 +102,9 @@ def test_settings_prefix_matches_folder(folder: str) -> None:
     settings = ROOT / "services" / folder / "src" / module_of(folder) / "settings.py"
     assert settings.is_file(), f"{settings.relative_to(ROOT)} missing (conventions: settings.py per service)"
     prefixes = re.findall(r"env_prefix\s*=\s*[\"'](HALO_[A-Z0-9_]+)[\"']", settings.read_text())
-    assert prefixes == [env_prefix_of(folder)], f"{settings.relative_to(ROOT)}: env_prefix {prefixes}, expected {env_prefix_of(folder)}"
+    assert prefixes == [env_prefix_of(folder)], (
+        f"{settings.relative_to(ROOT)}: env_prefix {prefixes}, expected {env_prefix_of(folder)}"
+    )
 
 
 # ---- compose ---------------------------------------------------------------------------------------
@@ -162,7 +165,9 @@ def test_compose_service_definition(compose: dict[str, Any], folder: str) -> Non
         assert name in (folder, f"{folder}-{variant}"), f"{where}: name must be {folder!r} or {folder}-<variant>"
         if name != folder:
             aliases = svc["networks"]["default"]["aliases"]
-            assert folder in aliases, f"{where}: needs network alias {folder!r} so it is reachable by the service's name"
+            assert folder in aliases, (
+                f"{where}: needs network alias {folder!r} so it is reachable by the service's name"
+            )
         assert svc["command"] == ["python", "-m", module_of(folder)], f"{where}: command"
         if folder in EXISTING:
             assert EXISTING[folder].is_file()
@@ -185,8 +190,12 @@ def test_compose_service_definition(compose: dict[str, Any], folder: str) -> Non
         containerfile = (COMPOSE_DIR / build["context"] / build["dockerfile"]).resolve()
         assert containerfile.is_file(), f"{where}: {containerfile} missing"
         assert folder in containerfile_services(containerfile), f"{where}: {containerfile.name} does not list {folder}"
-        expected_file = {"slim": "Containerfile.slim", "cpu": "Containerfile.cpu", "cuda": "Containerfile.cuda",
-                         "rocm": "Containerfile.rocm"}[variant]
+        expected_file = {
+            "slim": "Containerfile.slim",
+            "cpu": "Containerfile.cpu",
+            "cuda": "Containerfile.cuda",
+            "rocm": "Containerfile.rocm",
+        }[variant]
         assert containerfile.name == expected_file, f"{where}: variant {variant} must build {expected_file}"
 
 
@@ -198,7 +207,9 @@ def test_compose_accelerator_profiles(compose: dict[str, Any]) -> None:
         cpu, cuda, rocm = services[folder], services[f"{folder}-cuda"], services[f"{folder}-rocm"]
         assert cpu["profiles"] == ["cpu"] and cuda["profiles"] == ["cuda"] and rocm["profiles"] == ["rocm"], folder
         devices = cuda["deploy"]["resources"]["reservations"]["devices"]
-        assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), f"{folder}-cuda: nvidia GPU reservation"
+        assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), (
+            f"{folder}-cuda: nvidia GPU reservation"
+        )
         assert {"/dev/kfd", "/dev/dri"} <= set(rocm["devices"]), f"{folder}-rocm: /dev/kfd and /dev/dri"
         assert "video" in rocm["group_add"], f"{folder}-rocm: group_add video"
     # The always-on services have no profile, so `docker compose up` alone starts a usable core.
@@ -277,7 +288,9 @@ def test_grafana_dashboard_and_datasource() -> None:
     ds = yaml.safe_load((COMPOSE_DIR / "observability/grafana/provisioning/datasources/prometheus.yaml").read_text())
     uid = ds["datasources"][0]["uid"]
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
-    provider = yaml.safe_load((COMPOSE_DIR / "observability/grafana/provisioning/dashboards/halo-forge.yaml").read_text())
+    provider = yaml.safe_load(
+        (COMPOSE_DIR / "observability/grafana/provisioning/dashboards/halo-forge.yaml").read_text()
+    )
     assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
 
     dash = json.loads((COMPOSE_DIR / "observability/grafana/dashboards/halo-forge.json").read_text())
@@ -292,8 +305,13 @@ def test_grafana_dashboard_and_datasource() -> None:
     known = metric_names_in_code()
     unknown = used - known - PLANNED_METRICS
     assert not unknown, f"dashboard queries metrics no code defines: {sorted(unknown)}"
-    for core in ("halo_rpc_requests_total", "halo_rpc_duration_seconds", "halo_accelerator_utilization_ratio",
-                 "halo_accelerator_memory_used_bytes", "halo_accelerator_power_watts"):
+    for core in (
+        "halo_rpc_requests_total",
+        "halo_rpc_duration_seconds",
+        "halo_accelerator_utilization_ratio",
+        "halo_accelerator_memory_used_bytes",
+        "halo_accelerator_power_watts",
+    ):
         assert core in used, f"dashboard does not show {core}"
         assert core in known, f"{core} is no longer defined in code: update the dashboard"
 
@@ -337,8 +355,35 @@ def test_containerfiles_cover_every_service() -> None:
         listed = containerfile_services(CONTAINERS / f"Containerfile.{variant}")
         assert set(ACCELERATOR_SERVICES) <= set(listed), f"Containerfile.{variant} must build {ACCELERATOR_SERVICES}"
     slim = containerfile_services(CONTAINERS / "Containerfile.slim")
-    for s in ("gateway", "registry", "verifier-sandbox", "rollout", "eval", "serve"):
+    for s in ("gateway", "registry", "verifier-sandbox", "eval"):
         assert s in slim, f"Containerfile.slim must build {s}"
+    for s in slim:
+        assert s not in ACCELERATOR_SERVICES, f"Containerfile.slim must not build {s} (it needs torch)"
+
+
+def needs_torch(folder: str) -> bool:
+    """Whether the service or a local lib it depends on requires torch."""
+    import tomllib
+
+    local_deps = _load_local_deps()
+    for path in local_deps.closure(ROOT / "services" / folder, root=ROOT):
+        deps = tomllib.loads((path / "pyproject.toml").read_text())["project"].get("dependencies", [])
+        if any(re.match(r"torch\b", d.strip()) for d in deps):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("folder", sorted(EXISTING))
+def test_torch_services_use_an_accelerator_image(folder: str) -> None:
+    """A service that needs torch is never built from the slim image (whose build also refuses it)."""
+    if not needs_torch(folder):
+        return
+    assert folder not in containerfile_services(CONTAINERS / "Containerfile.slim"), folder
+    compose = yaml.safe_load((COMPOSE_DIR / "compose.yaml").read_text())
+    for name, svc in halo_services_in(compose).get(folder, []):
+        assert svc["labels"]["io.halo-forge.variant"] != "slim", f"compose {name}: {folder} needs torch"
+    helm_values = yaml.safe_load((CHART / "values.yaml").read_text())["services"][camel_of(folder)]
+    assert helm_values.get("variant", "slim") != "slim", f"helm services.{camel_of(folder)}: {folder} needs torch"
 
 
 @pytest.mark.parametrize("path", CONTAINERFILES, ids=lambda p: p.name)
@@ -355,14 +400,18 @@ def test_containerfile(path: Path) -> None:
     for a in args:
         assert a.split("=", 1)[1] in listed, f"{path.name}: default {a} is not in its halo-services list"
 
-    final_stage = ins[max(i for i, (k, _) in enumerate(ins) if k == "FROM"):]
+    final_stage = ins[max(i for i, (k, _) in enumerate(ins) if k == "FROM") :]
     users = [a for k, a in final_stage if k == "USER"]
-    assert users and users[-1].split(":")[0] not in ("root", "0"), f"{path.name}: final image must run as a non-root USER"
+    assert users and users[-1].split(":")[0] not in ("root", "0"), (
+        f"{path.name}: final image must run as a non-root USER"
+    )
     assert any(k == "HEALTHCHECK" and "healthcheck.py" in a for k, a in final_stage), f"{path.name}: HEALTHCHECK"
     entry = [a for k, a in final_stage if k == "ENTRYPOINT"]
     assert entry and "halo-entrypoint" in entry[-1], f"{path.name}: ENTRYPOINT must be the halo entrypoint"
     envs = " ".join(a for k, a in final_stage if k == "ENV")
-    assert "HALO_SERVICE=${SERVICE}" in envs and f"HALO_HOME={HALO_HOME}" in envs, f"{path.name}: ENV HALO_SERVICE/HALO_HOME"
+    assert "HALO_SERVICE=${SERVICE}" in envs and f"HALO_HOME={HALO_HOME}" in envs, (
+        f"{path.name}: ENV HALO_SERVICE/HALO_HOME"
+    )
 
     # Every COPY source exists in the build context (the repository root), for each service the
     # file builds that exists today.
@@ -379,12 +428,16 @@ def test_containerfile(path: Path) -> None:
 
     text = path.read_text()
     # torch comes from the variant's own stack
-    base = {"Containerfile.slim": "python:3.11-slim", "Containerfile.cpu": "download.pytorch.org/whl/cpu",
-            "Containerfile.cuda": "nvidia/cuda:", "Containerfile.rocm": "rocm/pytorch:"}.get(path.name)
+    base = {
+        "Containerfile.slim": "python:3.11-slim",
+        "Containerfile.cpu": "download.pytorch.org/whl/cpu",
+        "Containerfile.cuda": "nvidia/cuda:",
+        "Containerfile.rocm": "rocm/pytorch:",
+    }.get(path.name)
     if base:
         assert base in text, f"{path.name}: expected {base}"
     if path.name == "Containerfile.slim":
-        for pkg in ("gcc", "g++", "clang", "mingw-w64", "golang-go", "bubblewrap"):
+        for pkg in ("gcc", "g++", "clang", "mingw-w64", "golang-go", "rustc", "cargo", "bubblewrap", "util-linux"):
             assert re.search(rf"(?<![\w-]){re.escape(pkg)}(?![\w-])", text), f"verifier toolchain lacks {pkg}"
     for mod in re.findall(r"python3? -m (halo_[a-z0-9_]+)", text):
         assert mod in {module_of(s) for s in ALL_SERVICES}, f"{path.name}: python -m {mod} is no service module"
@@ -404,14 +457,18 @@ def test_entrypoint_runs_the_service_module(folder: str) -> None:
         assert EXISTING[folder].parent.name == module_of(folder)
     # arguments replace the default command; a set port is kept
     env[f"{prefix}METRICS_PORT"] = "9999"
-    out = subprocess.run(["sh", str(CONTAINERS / "entrypoint.sh"), "bash", "-l"], env=env, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["sh", str(CONTAINERS / "entrypoint.sh"), "bash", "-l"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert out.stdout.splitlines() == [f"{prefix}METRICS_PORT=9999", f"{prefix}METRICS_HOST=0.0.0.0", "exec bash -l"]
 
 
 def test_entrypoint_rejects_bad_service_names() -> None:
     for bad in ("", "a;b", "Trainer", "-x"):
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HALO_SERVICE": bad, "HALO_ENTRYPOINT_DRY_RUN": "1"}
-        out = subprocess.run(["sh", str(CONTAINERS / "entrypoint.sh")], env=env, capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["sh", str(CONTAINERS / "entrypoint.sh")], env=env, capture_output=True, text=True, timeout=30
+        )
         assert out.returncode != 0, bad
 
 
@@ -429,17 +486,38 @@ def test_image_installs_only_local_halo_packages(folder: str) -> None:
     """The images pip-install paths from local_deps.py; every halo-* dependency must resolve to a
     folder here, so no index is ever asked for one of our names."""
     local_deps = _load_local_deps()
-    paths = local_deps.closure(ROOT / "services" / folder, ["halo-models"] if folder in ACCELERATOR_SERVICES else [], root=ROOT)
+    paths = local_deps.closure(
+        ROOT / "services" / folder, ["halo-models"] if folder in ACCELERATOR_SERVICES else [], root=ROOT
+    )
     assert paths[-1] == (ROOT / "services" / folder).resolve()
     names = [p.name for p in paths]
     assert "halo-runtime" in names and names.index("halo-common") < names.index("halo-runtime")
     assert "halo-testing" not in names  # test fixtures stay out of images
 
 
+def test_local_deps_command_line() -> None:
+    script = str(CONTAINERS / "local_deps.py")
+    run = subprocess.run(
+        [sys.executable, script, "services/gateway", "--extras", "a,b"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    paths = run.stdout.split()
+    assert paths[-1] == "services/gateway[a,b]" and "libs/halo-runtime" in paths
+    assert all((ROOT / p.split("[")[0]).is_dir() for p in paths)
+    run = subprocess.run(
+        [sys.executable, script, "services/gateway", "--extras", ""], cwd=ROOT, capture_output=True, text=True
+    )
+    assert run.stdout.split()[-1] == "services/gateway"
+    run = subprocess.run([sys.executable, script, "services/no-such"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 2 and "no pyproject.toml" in run.stderr
+
+
 def test_local_deps_rejects_unknown_halo_dependency(tmp_path: Path) -> None:
     local_deps = _load_local_deps()
     (tmp_path / "libs" / "halo-a").mkdir(parents=True)
-    (tmp_path / "libs" / "halo-a" / "pyproject.toml").write_text('[project]\nname = "halo-a"\ndependencies = ["pydantic>=2"]\n')
+    (tmp_path / "libs" / "halo-a" / "pyproject.toml").write_text(
+        '[project]\nname = "halo-a"\ndependencies = ["pydantic>=2"]\n'
+    )
     svc = tmp_path / "services" / "x"
     svc.mkdir(parents=True)
     (svc / "pyproject.toml").write_text('[project]\nname = "halo-x"\ndependencies = ["halo-a", "halo-nope>=1"]\n')
@@ -466,8 +544,17 @@ def test_healthcheck_script() -> None:
     thread.start()
     try:
         port = server.server_address[1]
-        env = {"PATH": os.environ.get("PATH", ""), "HALO_SERVICE": "trainer-torch", "HALO_TRAINER_TORCH_METRICS_PORT": str(port)}
-        run = lambda e: subprocess.run([sys.executable, str(CONTAINERS / "healthcheck.py")], env=e, capture_output=True, text=True, timeout=30)  # noqa: E731
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HALO_SERVICE": "trainer-torch",
+            "HALO_TRAINER_TORCH_METRICS_PORT": str(port),
+        }
+
+        def run(e: dict[str, str]) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, str(CONTAINERS / "healthcheck.py")], env=e, capture_output=True, text=True, timeout=30
+            )
+
         assert run(env).returncode == 0
         server.shutdown()
         server.server_close()
@@ -475,11 +562,14 @@ def test_healthcheck_script() -> None:
         assert failed.returncode == 1 and "unhealthy" in failed.stderr
         assert run({"PATH": env["PATH"]}).returncode == 1  # no HALO_SERVICE
     finally:
-        server.shutdown() if thread.is_alive() else None
+        server.shutdown()  # returns at once when already shut down
+        server.server_close()
 
 
 def test_dockerignore_keeps_the_build_inputs() -> None:
-    patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    patterns = [
+        ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     for needed in ("libs", "services", "containers", "*", "**"):
         assert needed not in patterns, f".dockerignore excludes {needed}"
     assert ".venv" in patterns and ".git" in patterns
@@ -518,13 +608,16 @@ def test_helm_values_cover_every_service(values: dict[str, Any]) -> None:
 @pytest.mark.parametrize("folder", ALL_SERVICES)
 def test_helm_service_values(values: dict[str, Any], folder: str) -> None:
     key = camel_of(folder)
+    assert key in values["services"], f"helm values.yaml has no services.{key} for {folder}"
     svc = values["services"][key]
     assert isinstance(svc["enabled"], bool) and int(svc["replicas"]) >= 0, key
     assert svc.get("variant", "slim") in VARIANTS, key
     gpu = svc.get("gpu") or {}
     if int(gpu.get("count", 0)) > 0:
         resource = gpu.get("resource") or {"cuda": "nvidia.com/gpu", "rocm": "amd.com/gpu"}.get(svc["variant"])
-        assert resource in ("nvidia.com/gpu", "amd.com/gpu"), f"services.{key}.gpu: no GPU resource for variant {svc['variant']}"
+        assert resource in ("nvidia.com/gpu", "amd.com/gpu"), (
+            f"services.{key}.gpu: no GPU resource for variant {svc['variant']}"
+        )
     if folder in ("trainer-torch",):
         assert int(gpu.get("count", 0)) >= 1, "trainer-torch is a GPU worker in the chart"
     if folder in EXISTING:
@@ -603,15 +696,25 @@ def test_helm_lint_and_render(tmp_path: Path) -> None:
     meta = yaml.safe_load((chart / "Chart.yaml").read_text())
     meta.pop("dependencies")
     (chart / "Chart.yaml").write_text(yaml.safe_dump(meta))
-    sets = ["--set", "nats.enabled=false", "--set", "externalNats.url=nats://nats:4222", "--set", "postgresql.enabled=false",
-            "--set", "serviceMonitor.enabled=true"]
+    sets = [
+        "--set",
+        "nats.enabled=false",
+        "--set",
+        "externalNats.url=nats://nats:4222",
+        "--set",
+        "postgresql.enabled=false",
+        "--set",
+        "serviceMonitor.enabled=true",
+    ]
     lint = subprocess.run(["helm", "lint", str(chart), *sets], capture_output=True, text=True, timeout=120)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     out = subprocess.run(["helm", "template", "hf", str(chart), *sets], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "Deployment"}
-    enabled = {kebab_of(k) for k, v in yaml.safe_load((CHART / "values.yaml").read_text())["services"].items() if v["enabled"]}
+    enabled = {
+        kebab_of(k) for k, v in yaml.safe_load((CHART / "values.yaml").read_text())["services"].items() if v["enabled"]
+    }
     assert set(deployments) == enabled
     for folder, dep in deployments.items():
         container = dep["spec"]["template"]["spec"]["containers"][0]

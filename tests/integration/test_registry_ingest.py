@@ -77,8 +77,8 @@ def stored_points(reg: Registry) -> int:
         return conn.scalar(select(func.count()).select_from(metrics))
 
 
-async def wait_until(cond, timeout: float = 30.0) -> None:  # noqa: ANN001
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_until(cond, limit_s: float = 30.0) -> None:  # noqa: ANN001
+    deadline = asyncio.get_running_loop().time() + limit_s
     while not cond():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("timed out waiting for the registry")

@@ -18,8 +18,8 @@ from halo_schemas.health import HealthRequest, ServiceHealth
 from halo_schemas.registry import EvalGridRequest, EvalResultIn, RunSearch, RunsPage
 
 
-async def wait_for(cond, timeout: float = 10.0):  # noqa: ANN001, ANN201
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(cond, limit_s: float = 10.0):  # noqa: ANN001, ANN201
+    deadline = asyncio.get_running_loop().time() + limit_s
     while True:
         value = await cond()
         if value:

@@ -73,7 +73,7 @@ def test_logprob_sum_matches_a_teacher_forced_forward_pass(backend: Transformers
 def test_seeds_reproduce_whatever_else_is_in_the_batch(backend: TransformersBackend) -> None:
     params = SampleParams(n=4, temperature=1.0, top_p=0.9, max_new_tokens=10, seed=7)
     alone = backend.generate(reqs("hello", params=params))
-    mixed = backend.generate([*reqs("The quick brown fox", params=SampleParams(n=3, temperature=0.7, seed=1)),
+    mixed = backend.generate([*reqs("The quick brown fox", params=SampleParams(n=3, temperature=0.7, max_new_tokens=10, seed=1)),
                               *reqs("hello", params=params), *reqs("x", params=GREEDY)])
     assert tokens(alone)[0] == tokens(mixed)[1]
     assert tokens(backend.generate(reqs("hello", params=params))) == tokens(alone)
@@ -197,27 +197,11 @@ def test_update_refuses_unknown_names_and_shapes(backend: TransformersBackend) -
     assert backend.weights_version == v
 
 
-def make_adapter(base_dir: Path, out: Path, seed: int, rank: int = 4) -> Path:
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    # init_lora_weights=False: random A *and* B, so the adapter changes outputs from step 0.
-    peft = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj", "lm_head"],
-                                            init_lora_weights=False))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.mul_(20.0)  # strong enough to move greedy decoding on the tiny model
-    peft.save_pretrained(out)
-    return out
-
-
-def test_adapter_load_and_update_match_a_fresh_load(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_adapter_load_and_update_match_a_fresh_load(tiny_model_dir: Path, tmp_path: Path, adapter_factory) -> None:  # noqa: ANN001
     from peft import PeftModel
 
-    a1 = make_adapter(tiny_model_dir, tmp_path / "a1", seed=1)
-    a2 = make_adapter(tiny_model_dir, tmp_path / "a2", seed=2)
+    a1 = adapter_factory(tmp_path / "a1", seed=1)
+    a2 = adapter_factory(tmp_path / "a2", seed=2)
     b = TransformersBackend()
     b.load(str(tiny_model_dir), adapter=str(a1))
     ids = b.encode(SampleRequest(prompt="hello"))
@@ -237,7 +221,7 @@ def test_adapter_load_and_update_match_a_fresh_load(tiny_model_dir: Path, tmp_pa
     np.testing.assert_allclose(b.next_token_logprobs(ids), fresh.next_token_logprobs(ids), atol=1e-5)
 
     # An adapter of another rank is a different structure: the owned model is rebuilt for it.
-    a3 = make_adapter(tiny_model_dir, tmp_path / "a3", seed=3, rank=8)
+    a3 = adapter_factory(tmp_path / "a3", seed=3, rank=8)
     b.update_weights(a3)
     fresh3 = TransformersBackend()
     fresh3.load(str(tiny_model_dir), adapter=str(a3))
@@ -256,12 +240,14 @@ def test_in_process_policy_update_is_served_without_copy(tiny_model_dir: Path) -
     before = b.generate(reqs(*PROMPTS), GREEDY)
     assert model.training  # generation switched dropout off only while it ran
 
-    # One optimizer step that makes token 42 likely after "hello".
-    opt = torch.optim.SGD(model.parameters(), lr=50.0)
-    logits = model(torch.tensor([ids])).logits[0, -1]
-    torch.nn.functional.cross_entropy(logits[None], torch.tensor([42])).backward()
-    opt.step()
-    assert b.update_weights() == 1
+    # A few optimizer steps that make token 42 likely after "hello"; the backend is told after each one.
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for step in range(1, 6):
+        logits = model(torch.tensor([ids])).logits[0, -1]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(logits[None], torch.tensor([42])).backward()
+        opt.step()
+        assert b.update_weights() == step
 
     after_lp = b.next_token_logprobs(ids)
     assert after_lp[42] > before_lp[42] + 1.0 and int(after_lp.argmax()) == 42

@@ -7,7 +7,7 @@ naming the id — never a crash in the consumer.
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -32,7 +32,8 @@ def encode(msg: BaseModel, headers: dict[str, str] | None = None) -> tuple[bytes
         raise TypeError(f"{type(msg).__name__} has no schema_id and cannot go on the bus")
     out = dict(headers or {})
     out[SCHEMA_HEADER] = sid
-    out.setdefault(CORRELATION_HEADER, uuid.uuid4().hex)
+    if CORRELATION_HEADER not in out:
+        out[CORRELATION_HEADER] = os.urandom(8).hex()  # cheap; uuid4 costs ~4x more per message
     return msg.model_dump_json().encode(), out
 
 

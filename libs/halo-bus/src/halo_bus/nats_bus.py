@@ -51,6 +51,9 @@ class _MicroService(ServiceRegistration):
         # Endpoint names must be simple tokens; the subject carries the full address.
         name = subject.split(".")[-1]
         await self._svc.add_endpoint(name=name, subject=subject, handler=on_request)
+        # Make the subscription known to the server before we report ready: a request sent
+        # right after start must not see "no responders".
+        await self._svc._client.flush()
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -98,6 +101,7 @@ class NatsBus(Bus):
         self.nc, self.js = nc, js
         self._kv: dict[str, Any] = {}
         self._micro: list[_MicroService] = []
+        self._closing: dict[str, bool] = {"now": False}
 
     @classmethod
     async def connect(
@@ -117,8 +121,11 @@ class NatsBus(Bus):
         async def on_error(e: Exception) -> None:
             log.debug("nats error: %s", e)
 
+        closing = {"now": False}
+
         async def on_disconnect() -> None:
-            log.warning("disconnected from NATS; reconnecting")
+            if not closing["now"]:
+                log.warning("disconnected from NATS; reconnecting")
 
         async def on_reconnect() -> None:
             log.info("reconnected to NATS")
@@ -138,6 +145,7 @@ class NatsBus(Bus):
         except Exception as exc:
             raise Unavailable(f"cannot connect to NATS at {','.join(urls)}: {exc}", param="nats_url") from None
         bus = cls(nc, nc.jetstream(timeout=5.0))
+        bus._closing = closing
         if ensure_streams:
             await bus.ensure_streams()
         return bus
@@ -394,6 +402,7 @@ class NatsBus(Bus):
         return self.nc.is_connected
 
     async def close(self) -> None:
+        self._closing["now"] = True
         for svc in self._micro:
             await svc.stop()
         with contextlib.suppress(Exception):

@@ -26,7 +26,9 @@ class HaloSettings(BaseSettings):
 
     # Shared fields keep their HALO_ names (validation_alias) even in a subclass whose env_prefix
     # is a service's own, e.g. HALO_REGISTRY_; service-specific fields use the subclass prefix.
-    model_config = SettingsConfigDict(env_prefix="HALO_", extra="ignore", validate_default=True, populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="HALO_", extra="ignore", validate_default=True, populate_by_name=True, env_ignore_empty=True
+    )
 
     home: Path = Field(default_factory=default_home, validation_alias="HALO_HOME",
                        description="Root of runs, database, NATS store (HALO_HOME).")

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from halo_schemas.base import Message, UserInput, utcnow
 from halo_schemas.jobs import JobState
@@ -45,12 +46,12 @@ def _check_sort(value: str) -> str:
     name = value[1:] if value.startswith(("-", "+")) else value
     if name.startswith("metric."):
         if not _METRIC_NAME.match(name[len("metric."):]):
-            raise ValueError(f"invalid metric name in sort {value!r}")
+            raise PydanticCustomError("sort", "invalid metric name in sort '{value}'", {"value": value})
         return value
     if name not in RUN_SORT_FIELDS:
-        raise ValueError(
-            f"unknown sort field {name!r}; use one of {', '.join(RUN_SORT_FIELDS)} or metric.<name>, "
-            "prefixed with '-' for descending"
+        raise PydanticCustomError(
+            "sort", "unknown sort field '{name}' (use {known} or metric.<name>; '-' for descending)",
+            {"name": name, "known": ", ".join(RUN_SORT_FIELDS)},
         )
     return value
 
@@ -287,7 +288,7 @@ class RunCompareRequest(UserInput):
     def _distinct(cls, v: list[str]) -> list[str]:
         dupes = sorted({r for r in v if v.count(r) > 1})
         if dupes:
-            raise ValueError(f"run ids given twice: {', '.join(dupes)}")
+            raise PydanticCustomError("distinct", "run ids given twice: {dupes}", {"dupes": ", ".join(dupes)})
         return v
 
 
@@ -326,7 +327,7 @@ class EvalResultIn(Message):
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):
-            raise ValueError("must be a finite number")
+            raise PydanticCustomError("finite", "must be a finite number")
         return v
 
 

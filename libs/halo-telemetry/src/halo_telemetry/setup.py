@@ -64,13 +64,17 @@ class Telemetry:
 _provider_lock = threading.Lock()
 
 
-def install_tracer_provider(service: str, exporter: SpanExporter | None = None) -> TracerProvider:
+def install_tracer_provider(service: str, exporter: SpanExporter | None = None) -> TracerProvider | None:
     """Install (once) a global tracer provider for ``service``. With ``exporter`` (tests pass an
-    in-memory one) spans go there; else to OTLP/HTTP if ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set."""
+    in-memory one) spans go there; else to OTLP/HTTP if ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set;
+    with neither, nothing is installed (returns None) and tracing costs nothing."""
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
     with _provider_lock:
         current = trace.get_tracer_provider()
+        if exporter is None and not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and not isinstance(current, TracerProvider):
+            # Nothing would receive spans: keep the no-op provider so the bus skips trace work.
+            return None
         provider = current if isinstance(current, TracerProvider) else TracerProvider(
             resource=Resource.create({"service.name": service})
         )

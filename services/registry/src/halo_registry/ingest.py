@@ -142,30 +142,44 @@ class IngestWorker(Subscription):
             return []
 
     async def _pump(self) -> None:
-        while not self._stopping.is_set():
-            msgs = await self._fetch()
-            if not msgs:
-                continue
-            good: list[tuple[Any, RunEvent]] = []
-            for m in msgs:
-                try:
-                    ev = codec.decode(m.data, dict(m.headers or {}), RunEvent)
-                except Exception as exc:
-                    log.warning("dropping undecodable event on %s: %s", m.subject, exc)
-                    self.metrics.failures.inc()
-                    with contextlib.suppress(Exception):
-                        await m.term()
-                    continue
-                good.append((m, ev))
-            if not good:
-                continue
+        # Pipelined: while one batch commits in a worker thread, the next is fetched and decoded.
+        # Commits stay strictly in order (one in flight), so a run's events apply in stream order.
+        committing: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                msgs = await self._fetch()
+                good = await self._decode(msgs) if msgs else []
+                if committing is not None:
+                    await committing
+                    committing = None
+                if good:
+                    committing = asyncio.create_task(self._commit(good))
+        finally:
+            if committing is not None:
+                await committing
+
+    async def _decode(self, msgs: Sequence[Any]) -> list[tuple[Any, RunEvent]]:
+        good: list[tuple[Any, RunEvent]] = []
+        for m in msgs:
             try:
-                await self._apply([ev for _, ev in good])
-            except Exception:
-                log.exception("applying a batch of %d events failed; retrying them one by one", len(good))
-                await self._one_by_one(good)
+                ev = codec.decode(m.data, dict(m.headers or {}), RunEvent)
+            except Exception as exc:
+                log.warning("dropping undecodable event on %s: %s", m.subject, exc)
+                self.metrics.failures.inc()
+                with contextlib.suppress(Exception):
+                    await m.term()
                 continue
-            await self._ack([m for m, _ in good])
+            good.append((m, ev))
+        return good
+
+    async def _commit(self, good: list[tuple[Any, RunEvent]]) -> None:
+        try:
+            await self._apply([ev for _, ev in good])
+        except Exception:
+            log.exception("applying a batch of %d events failed; retrying them one by one", len(good))
+            await self._one_by_one(good)
+            return
+        await self._ack([m for m, _ in good])
 
     async def _one_by_one(self, good: list[tuple[Any, RunEvent]]) -> None:
         for m, ev in good:

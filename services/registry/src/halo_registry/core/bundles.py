@@ -219,11 +219,13 @@ def verify_extract(bundle: Path, staging: Path) -> BundleManifest:
                         size += len(chunk)
                         out.write(chunk)
                 seen[name] = (h.hexdigest(), size)
+    except tarfile.ReadError:
+        raise BadRequest("not a readable Halo run bundle (not a gzip/bz2/xz/plain tar archive)", param="path") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"{bundle.name} is not a readable Halo run bundle ({type(exc).__name__}: {exc})",
+        raise BadRequest(f"not a readable Halo run bundle (truncated or corrupt: {type(exc).__name__}: {exc})",
                          param="path") from None
     if manifest_raw is None:
-        raise BadRequest(f"{bundle.name} is not a Halo run bundle: it has no {MANIFEST}", param="path")
+        raise BadRequest(f"not a Halo run bundle: it has no {MANIFEST}", param="path")
     try:
         manifest = BundleManifest.model_validate_json(manifest_raw)
     except ValidationError as exc:

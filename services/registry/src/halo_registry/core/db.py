@@ -288,6 +288,17 @@ class Database:
         """A dialect insert that supports ``on_conflict_do_update/nothing`` (SQLite and PostgreSQL)."""
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
+    def driver_datetime(self, value: datetime) -> Any:
+        """``value`` as the driver stores a UTCDateTime, for driver-level executemany on hot paths:
+        SQLite's text form (the one SQLAlchemy writes), a naive UTC datetime for PostgreSQL."""
+        naive = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+        return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if self.is_sqlite else naive
+
+    def placeholders(self, conn: Connection, n: int) -> str:
+        """``?, ?, …`` or ``%s, %s, …``: the driver's parameter markers, for ``exec_driver_sql``."""
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        return ", ".join([mark] * n)
+
     def least(self, a: Any, b: Any) -> Any:
         return func.least(a, b) if self.dialect == "postgresql" else func.min(a, b)
 

@@ -26,7 +26,6 @@ from halo_registry.core.db import (
     lineage,
     metric_stats,
     metrics,
-    power_samples,
     run_tags,
     runs,
 )
@@ -162,7 +161,7 @@ def apply_events(db: Database, events: Sequence[RunEvent]) -> IngestStats:
         originals = {rid: dict(s) for rid, s in states.items()}
 
         points: dict[tuple[int, str, int], float] = {}
-        power: dict[tuple[int, int], dict[str, Any]] = {}
+        power: dict[tuple[int, int], tuple[datetime, float]] = {}
         arts: dict[tuple[int, str], dict[str, Any]] = {}
         tags: set[tuple[int, str]] = set()
         links: dict[tuple[str, str], dict[str, Any]] = {}
@@ -175,7 +174,7 @@ def apply_events(db: Database, events: Sequence[RunEvent]) -> IngestStats:
                     points[(pk, name, ev.step)] = float(value)
                 watts = ev.metrics.get(POWER_METRIC)
                 if watts is not None:
-                    power[(pk, ev.step)] = {"run_pk": pk, "step": ev.step, "ts": utc(ev.ts), "watts": float(watts)}
+                    power[(pk, ev.step)] = (utc(ev.ts), float(watts))
             elif isinstance(ev, RunStarted):
                 for tag in ev.spec.get("tags") or []:
                     if isinstance(tag, str) and tag.strip():
@@ -191,12 +190,13 @@ def apply_events(db: Database, events: Sequence[RunEvent]) -> IngestStats:
                                        "sha256": ev.sha256, "size_bytes": ev.size_bytes, "step": ev.step,
                                        "created_at": utc(ev.ts)}
 
-        stats.points = write_points(db, conn, ((pk, n, s, v) for (pk, n, s), v in points.items()))
+        stats.points = write_points(db, conn, [(pk, n, s, v) for (pk, n, s), v in points.items()])
         if power:
-            stmt = db.insert(power_samples)
-            stmt = stmt.on_conflict_do_update(index_elements=["run_pk", "step"],
-                                              set_={"ts": stmt.excluded.ts, "watts": stmt.excluded.watts})
-            conn.execute(stmt, list(power.values()))
+            conn.exec_driver_sql(
+                f"INSERT INTO power_samples (run_pk, step, ts, watts) VALUES ({db.placeholders(conn, 4)}) "
+                "ON CONFLICT (run_pk, step) DO UPDATE SET ts = excluded.ts, watts = excluded.watts",
+                [(pk, step, db.driver_datetime(ts), watts) for (pk, step), (ts, watts) in power.items()],
+            )
         if arts:
             stmt = db.insert(artifacts)
             ex = stmt.excluded
@@ -253,30 +253,30 @@ def _load_states(db: Database, conn: Connection, events: Sequence[RunEvent]) -> 
 def write_points(db: Database, conn: Connection, points: Iterable[tuple[int, str, int, float]]) -> int:
     """Upsert metric points ``(run_pk, name, step, value)`` and fold them into ``metric_stats``.
     Returns how many points were written. Shared by ingest and bundle import."""
-    rows: list[dict[str, Any]] = []
-    by_name: dict[str, list[tuple[int, int, float]]] = {}
-    for pk, name, step, value in points:
-        by_name.setdefault(name, []).append((pk, step, value))
-    if not by_name:
+    pts = list(points)
+    if not pts:
         return 0
-    ids = db.name_ids(conn, by_name)
+    ids = db.name_ids(conn, {name for _, name, _, _ in pts})
+    rows: list[tuple[int, int, int, float]] = []
     # (pk, name_id) -> [first_step, last_step, last_value]
     span: dict[tuple[int, int], list[Any]] = {}
-    for name, items in by_name.items():
+    for pk, name, step, value in pts:
         nid = ids[name]
-        for pk, step, value in items:
-            rows.append({"run_pk": pk, "name_id": nid, "step": step, "value": value})
-            s = span.get((pk, nid))
-            if s is None:
-                span[(pk, nid)] = [step, step, value]
-            else:
-                if step < s[0]:
-                    s[0] = step
-                if step >= s[1]:
-                    s[1], s[2] = step, value
-    stmt = db.insert(metrics)
-    stmt = stmt.on_conflict_do_update(index_elements=["run_pk", "name_id", "step"], set_={"value": stmt.excluded.value})
-    conn.execute(stmt, rows)
+        rows.append((pk, nid, step, value))
+        s = span.get((pk, nid))
+        if s is None:
+            span[(pk, nid)] = [step, step, value]
+        else:
+            if step < s[0]:
+                s[0] = step
+            if step >= s[1]:
+                s[1], s[2] = step, value
+    # The hot path: driver-level executemany of plain tuples (same statement on SQLite and
+    # PostgreSQL but for the markers); SQLAlchemy's per-row parameter processing would cost more
+    # than the inserts themselves.
+    conn.exec_driver_sql(
+        f"INSERT INTO metrics (run_pk, name_id, step, value) VALUES ({db.placeholders(conn, 4)}) "
+        "ON CONFLICT (run_pk, name_id, step) DO UPDATE SET value = excluded.value", rows)
 
     st = db.insert(metric_stats)
     ex, cur = st.excluded, metric_stats.c

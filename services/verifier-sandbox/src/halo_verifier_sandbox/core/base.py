@@ -57,7 +57,7 @@ def compile_reward(warnings: bool) -> float:
     return Ladder.COMPILED_WITH_WARNINGS if warnings else Ladder.COMPILED_CLEAN
 
 
-def tests_reward(passed: int, total: int, partial_credit: bool = True) -> float:
+def pass_rate_reward(passed: int, total: int, partial_credit: bool = True) -> float:
     """Test-based reward once the code compiles: 1.0 when every test passes; else
     ``0.5 + 0.5 × passed/total`` with partial credit, 0.5 without."""
     if total <= 0:

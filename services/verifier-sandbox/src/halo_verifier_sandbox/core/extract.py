@@ -70,10 +70,9 @@ def strip_reasoning(text: str) -> str:
     text = _THINK.sub("", text)
     m = re.search(r"<(think|thinking|reasoning)>", text, re.I)
     if m and not re.search(rf"</{m.group(1)}>", text[m.end():], re.I):
-        # An unclosed reasoning block: what follows is reasoning, what precedes is the answer.
-        before = text[: m.start()]
-        if before.strip():
-            return before
+        # An unclosed reasoning block (a generation cut off while thinking): what follows is
+        # reasoning, only what precedes it can be an answer.
+        return text[: m.start()]
     return text
 
 

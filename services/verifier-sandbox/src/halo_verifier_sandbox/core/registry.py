@@ -56,6 +56,9 @@ ENTRY_POINT_GROUP = "halo_forge.verifiers"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 _origin: contextvars.ContextVar[str] = contextvars.ContextVar("verifier_origin", default="api")
+# While a registry loads a plugin, @register_verifier in that plugin targets that registry.
+_loading_into: contextvars.ContextVar[VerifierRegistry | None] = contextvars.ContextVar("verifier_loading_into",
+                                                                                        default=None)
 
 
 @dataclass
@@ -104,6 +107,17 @@ class VerifierRegistry:
                 self._aliases[a] = name
             if self._loading is not None:
                 self._loading.names.append(name)
+
+    def copy(self, origins: tuple[str, ...] = ("builtin",)) -> VerifierRegistry:
+        """A new registry holding this one's entries of the given origins (tests, isolated engines)."""
+        new = VerifierRegistry()
+        with self._lock:
+            for e in self._entries.values():
+                if e.origin in origins:
+                    new._entries[e.name] = e
+                    for a in e.aliases:
+                        new._aliases[a] = e.name
+        return new
 
     def unregister(self, name: str) -> None:
         with self._lock:
@@ -156,6 +170,7 @@ class VerifierRegistry:
     @contextmanager
     def _loading_as(self, origin: str) -> Iterator[_LoadLog]:
         token = _origin.set(origin)
+        into = _loading_into.set(self)
         with self._lock:
             prev, self._loading = self._loading, _LoadLog()
             log_ = self._loading
@@ -164,6 +179,7 @@ class VerifierRegistry:
         finally:
             with self._lock:
                 self._loading = prev
+            _loading_into.reset(into)
             _origin.reset(token)
 
     def _problem(self, source: str, exc: BaseException) -> None:
@@ -374,7 +390,7 @@ def register_verifier(
 
     def deco(obj: Any) -> Any:
         cls = obj if isinstance(obj, type) else function_verifier(obj, params, kind)
-        (registry or REGISTRY).register(name, cls, aliases=aliases, origin=origin)
+        (registry or _loading_into.get() or REGISTRY).register(name, cls, aliases=aliases, origin=origin)
         return obj
 
     return deco

@@ -36,7 +36,6 @@ process group (and, with a private uid, every process of that uid) is SIGKILLed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -355,7 +354,10 @@ class Sandbox:
                       "sandbox-exec": "sandbox-exec", **(tools or {})}
         self.path_env = path_env
         root = _is_root()
-        self.drop_uid = root if drop_uid is None else (drop_uid and root)
+        # Host mode keeps the service's uid by default: a private uid could not even reach
+        # toolchains installed under /root (the namespaced mechanisms bind those back instead).
+        default_drop = root and self.mechanism != Mechanism.HOST
+        self.drop_uid = default_drop if drop_uid is None else (drop_uid and root)
         self.uid_pool = UidPool(uid_base, uid_count, self.base_dir / ".uids") if self.drop_uid else None
         hidden = sorted({_real(h) for h in hide if Path(h).exists()}, key=lambda p: len(p.parts))
         # Only the top-most hidden directories get a tmpfs; nested ones are hidden already.

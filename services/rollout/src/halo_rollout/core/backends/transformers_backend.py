@@ -56,8 +56,13 @@ from halo_rollout.core.backends.base import (
 )
 from halo_schemas.rollout import Completion, SampleParams, SampleRequest, SampleResult
 
-# adapter_config.json keys that do not change the adapter's structure or scaling.
-_VOLATILE_ADAPTER_KEYS = {"base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "peft_version"}
+# adapter_config.json keys that decide the adapter's structure or scaling: when they are equal, a new
+# adapter's weights can be copied into the loaded one in place.
+_STRUCTURAL_ADAPTER_KEYS = (
+    "peft_type", "task_type", "r", "lora_alpha", "target_modules", "exclude_modules", "modules_to_save",
+    "use_rslora", "use_dora", "rank_pattern", "alpha_pattern", "fan_in_fan_out", "bias", "lora_bias",
+    "layers_to_transform", "layers_pattern", "trainable_token_indices",
+)
 
 
 def default_device() -> torch.device:
@@ -471,15 +476,12 @@ class TransformersBackend:
 
 
 def _same_structure(cur: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    def norm(d: Mapping[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in d.items() if k not in _VOLATILE_ADAPTER_KEYS}
-        for k, v in out.items():
-            if isinstance(v, set | tuple):
-                out[k] = sorted(v)
-            elif hasattr(v, "value"):  # enums (peft_type, task_type)
-                out[k] = v.value
-        return json.loads(json.dumps(out, sort_keys=True, default=str))
+    def norm(v: Any) -> Any:
+        if hasattr(v, "value"):  # enums (peft_type, task_type)
+            return v.value
+        if isinstance(v, set | tuple | list):
+            return sorted(str(x) for x in v)  # target_modules is a set: its JSON order is arbitrary
+        return v
 
-    a, b = norm(cur), norm(new)
-    keys = set(a) & set(b)  # fields added by a newer peft version do not count as a difference
-    return all(a[k] == b[k] for k in keys)
+    keys = [k for k in _STRUCTURAL_ADAPTER_KEYS if k in cur or k in new]
+    return all(norm(cur.get(k)) == norm(new.get(k)) for k in keys)

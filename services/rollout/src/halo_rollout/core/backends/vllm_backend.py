@@ -107,13 +107,13 @@ class VLLMBackend:
         kwargs = dict(self.kwargs, model=model, enable_lora=adapter is not None)
         if adapter is not None:
             kwargs["max_lora_rank"] = self.max_lora_rank
-        try:
-            llm = self._build(kwargs)
-        except (OSError, ValueError) as exc:
-            raise Unprocessable(f"cannot load model {model!r} with vLLM: {exc}", param="model") from None
         with self._lock:
             if self.llm is not None:
-                self.close()
+                self.close()  # free the GPU first: two engines rarely fit side by side
+            try:
+                llm = self._build(kwargs)
+            except (OSError, ValueError) as exc:
+                raise Unprocessable(f"cannot load model {model!r} with vLLM: {exc}", param="model") from None
             self.llm = llm
             self.tokenizer = llm.get_tokenizer()
             self.model_name, self.adapter = model, adapter

@@ -9,11 +9,12 @@ does for the ``bwrap`` mechanism:
 3. mount an empty tmpfs on each hidden directory (/tmp, /root, /home…), recreate the parent
    directories of the workspace and the exposed paths inside it, and bind them back via the handles;
 4. remount every mount read-only except the workspace and /proc;
-5. drop to the sandbox uid/gid (no supplementary groups, no_new_privs) and exec the command.
+5. fork: the child drops to the sandbox uid/gid (no supplementary groups, no_new_privs) and execs
+   the command; this init stays PID 1, reaps orphans and exits with the command's status
+   (128 + N for a signal), which makes the kernel kill whatever else is left in the namespace.
 """
 
 import ctypes
-import ctypes.util
 import json
 import os
 import sys
@@ -35,7 +36,7 @@ PR_SET_NO_NEW_PRIVS = 38
 _FLAG_OPTS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
               "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
 
-libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+libc = ctypes.CDLL(None, use_errno=True)  # libc is already loaded; find_library would spawn ldconfig
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
 
@@ -95,13 +96,27 @@ def main(spec):
                 if target == "/" or any(under(target, e) for e in spec["expose"]):
                     raise
     os.chdir(spec["cwd"])
-    if spec.get("uid") is not None:
-        os.setgroups([])
-        os.setgid(spec["gid"])
-        os.setuid(spec["uid"])
-    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    argv = spec["argv"]
-    os.execvp(argv[0], argv)
+    # Stay PID 1 of the namespace: the kernel ignores default-action signals sent to PID 1 from
+    # inside it, so the command must not be PID 1 (a self-inflicted SIGSEGV would be ignored).
+    child = os.fork()
+    if child == 0:
+        try:
+            if spec.get("uid") is not None:
+                os.setgroups([])
+                os.setgid(spec["gid"])
+                os.setuid(spec["uid"])
+            libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            argv = spec["argv"]
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            print(f"halo sandbox: cannot exec {spec['argv'][0]}: {exc}", file=sys.stderr)
+        os._exit(127)
+    while True:  # reap orphans until the command itself ends; exiting then kills the rest
+        pid, status = os.wait()
+        if pid == child:
+            if os.WIFSIGNALED(status):
+                os._exit(128 + os.WTERMSIG(status))
+            os._exit(os.WEXITSTATUS(status))
 
 
 if __name__ == "__main__":

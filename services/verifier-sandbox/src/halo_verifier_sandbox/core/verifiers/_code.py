@@ -70,7 +70,8 @@ class CompileOutcome:
 
 
 _C_WARNING = re.compile(r"^[^\n]*:\d+(:\d+)?: warning: .*$", re.M)
-_C_ERROR = re.compile(r": (fatal )?error: ", re.M)
+# Compiler (not linker) errors: "file:line[:col]: error:" or the compiler proper (cc1, cc1plus).
+_C_ERROR = re.compile(r"^(?:[^\n]*:\d+(?::\d+)?: |cc1\w*: )(?:fatal )?error: ", re.M)
 _RUST_WARNING = re.compile(r"^warning(\[\w+\])?: (?!\d+ warnings? emitted).*$", re.M)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
-from halo_verifier_sandbox.core.base import Availability, compile_reward, tests_reward
+from halo_verifier_sandbox.core.base import Availability, compile_reward, pass_rate_reward
 from halo_verifier_sandbox.core.extract import extract_code
 from halo_verifier_sandbox.core.registry import register_verifier
 from halo_verifier_sandbox.core.sandbox import Workspace
@@ -111,5 +111,5 @@ class CargoVerifier(CodeVerifier):
         if not _RESULT.search(out):
             details["test_error"] = res.reason or "tests did not build"
             details["test_stderr"] = res.err(DETAIL_CHARS)
-        reward = tests_reward(passed, total, self.params.partial_credit)
+        reward = pass_rate_reward(passed, total, self.params.partial_credit)
         return self.result(reward, VerifyStage.CORRECT if passed == total else VerifyStage.TESTED, details=details)

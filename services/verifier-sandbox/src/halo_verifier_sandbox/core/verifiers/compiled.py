@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
-from halo_verifier_sandbox.core.base import tests_reward
+from halo_verifier_sandbox.core.base import pass_rate_reward
 from halo_verifier_sandbox.core.registry import register_verifier
 from halo_verifier_sandbox.core.sandbox import Workspace
 from halo_verifier_sandbox.core.toolchains import Toolchain
@@ -121,7 +121,7 @@ class GoVerifier(CodeVerifier):
         if not res.ok and not outcomes:
             details["test_error"] = res.reason or "tests did not build"
             details["test_stderr"] = res.err(DETAIL_CHARS)
-        reward = tests_reward(passed, total, self.params.partial_credit)
+        reward = pass_rate_reward(passed, total, self.params.partial_credit)
         stage = VerifyStage.CORRECT if passed == total else VerifyStage.TESTED
         return self.result(reward, stage, details=details)
 

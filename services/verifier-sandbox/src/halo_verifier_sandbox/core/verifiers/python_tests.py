@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
-from halo_verifier_sandbox.core.base import Ladder, Verifier, tests_reward
+from halo_verifier_sandbox.core.base import Ladder, Verifier, pass_rate_reward
 from halo_verifier_sandbox.core.extract import extract_code
 from halo_verifier_sandbox.core.registry import register_verifier
 from halo_verifier_sandbox.core.sandbox import LIMITS_LAUNCHER, ExecResult, Workspace
@@ -88,7 +88,7 @@ class PythonTestVerifier(Verifier):
     params: PyTestsParams
 
     def score(self, passed: int, total: int, details: dict[str, Any]) -> VerifyResult:
-        reward = tests_reward(passed, total, self.params.partial_credit)
+        reward = pass_rate_reward(passed, total, self.params.partial_credit)
         details.update({"passed": passed, "total": total, "pass_rate": round(passed / total, 6) if total else 0.0})
         stage = VerifyStage.CORRECT if total and passed == total else VerifyStage.TESTED
         return self.result(reward, stage, details=details)

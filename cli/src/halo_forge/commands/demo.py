@@ -1,0 +1,121 @@
+"""``halo-forge demo``: the main job end to end on the tiny-model kit, through the running stack.
+
+1. starts (or reuses) the local stack (``halo_forge.stack.ensure_up``) unless ``HALO_GATEWAY_URL`` points at one;
+2. SFT: teaches a random-weight tiny Llama a small bundled task (which sound each animal makes);
+3. DPO (RPO loss, LoRA): on top of the SFT model, prefers enthusiastic answers ("moo!") over flat ones ("moo.");
+4. prints what the model answered before training, after SFT and after DPO, with the key metrics.
+
+Everything runs on CPU in about a minute; later issues extend the demo (reward model, GRPO, eval, serving).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from halo_common.errors import HaloError
+from halo_forge.client import GatewayClient
+
+console = Console()
+
+DEMO_PROMPTS = [
+    "What sound does a cow make?",
+    "What does a lion say?",
+    "What does a rooster say?",
+    "What sound does a frog make?",
+]
+
+
+def sft_spec(epochs: float) -> dict[str, Any]:
+    return {
+        "name": "demo-sft", "tags": ["demo"], "model": "tiny://llama", "data": {"train": "demo://demo_sft.jsonl"},
+        "finetune": "full", "epochs": epochs, "batch_size": 4, "max_length": 128, "learning_rate": 3e-3,
+        "warmup_ratio": 0.05, "checkpoint_every_steps": 50, "sample_prompts": DEMO_PROMPTS,
+    }
+
+
+def dpo_spec(model_path: str, epochs: float) -> dict[str, Any]:
+    return {
+        "name": "demo-dpo", "tags": ["demo"], "model": model_path, "data": {"train": "demo://demo_prefs.jsonl"},
+        "finetune": "lora", "loss_type": "rpo", "beta": 0.1, "epochs": epochs, "batch_size": 8, "max_length": 128,
+        "learning_rate": 2e-3, "checkpoint_every_steps": 50, "sample_prompts": DEMO_PROMPTS,
+    }
+
+
+def gateway_url() -> str:
+    """The stack to use: HALO_GATEWAY_URL when set, else the local stack (started if needed)."""
+    url = os.environ.get("HALO_GATEWAY_URL")
+    if url:
+        return url
+    try:
+        from halo_forge.stack import ensure_up
+    except ImportError as exc:  # pragma: no cover - the CLI always ships halo_forge.stack
+        raise HaloError(f"cannot start the local stack: {exc}") from None
+    with console.status("starting the local stack (nats-server + services)…"):
+        return ensure_up()
+
+
+def _run(client: GatewayClient, method: str, spec: dict[str, Any], title: str) -> dict[str, Any]:
+    from halo_forge.commands.train import follow_run
+
+    console.rule(f"[bold]{title}")
+    submitted = client.post(f"/api/v1/jobs/{method}", spec)
+    console.print(f"job [bold]{submitted['job_id']}[/] · run {submitted['run_id']}")
+    finished = follow_run(client, submitted["run_id"], job_id=submitted["job_id"])
+    if finished.get("state") != "succeeded":
+        raise HaloError(f"demo {method} job {finished.get('state')}: {finished.get('error') or 'see halo-forge jobs show'}")
+    return finished.get("summary") or {}
+
+
+def comparison_table(sft: dict[str, Any], dpo: dict[str, Any] | None) -> Table:
+    """prompt | base model | after SFT | after DPO, from the jobs' before/after samples."""
+    table = Table(title="what the model answers", show_lines=True)
+    table.add_column("prompt", style="bold")
+    table.add_column("base model (random)", overflow="fold", style="dim")
+    table.add_column("after SFT", overflow="fold")
+    if dpo is not None:
+        table.add_column("after DPO", overflow="fold", style="green")
+    sft_samples = (sft.get("extras") or {}).get("samples") or []
+    dpo_samples = ((dpo or {}).get("extras") or {}).get("samples") or []
+    for i, s in enumerate(sft_samples):
+        row = [s["prompt"], repr(s["before"])[1:-1][:60], s["after"]]
+        if dpo is not None:
+            row.append(dpo_samples[i]["after"] if i < len(dpo_samples) else "")
+        table.add_row(*row)
+    return table
+
+
+def demo(
+    sft_epochs: float = typer.Option(40, "--sft-epochs", help="SFT passes over the bundled task."),
+    dpo_epochs: float = typer.Option(20, "--dpo-epochs", help="DPO passes over the preference pairs."),
+    skip_dpo: bool = typer.Option(False, "--skip-dpo", help="Stop after SFT."),
+) -> None:
+    """Run SFT then DPO on the tiny model through the local stack and compare answers before/after."""
+    client = GatewayClient(gateway_url(), os.environ.get("HALO_TOKEN"))
+    sft = _run(client, "sft", sft_spec(sft_epochs), "1/2 SFT: teach a random tiny Llama which animal makes which sound")
+    dpo = None
+    if not skip_dpo:
+        final = (sft.get("outputs") or {}).get("final")
+        if not final:
+            raise HaloError("the SFT job wrote no final model; cannot continue with DPO")
+        dpo = _run(client, "dpo", dpo_spec(final, dpo_epochs),
+                   "2/2 DPO (RPO loss, LoRA): prefer 'moo!' over 'moo.' on top of the SFT model")
+    console.rule("[bold]before / after")
+    console.print(comparison_table(sft, dpo))
+    lines = [f"SFT loss {sft.get('loss_first', 0):.3f} → {sft.get('loss_last', 0):.3f} in {sft.get('steps')} steps "
+             f"({sft.get('duration_s', 0):.0f}s)"]
+    if dpo is not None:
+        ex = dpo.get("extras") or {}
+        lines.append(f"DPO loss {dpo.get('loss_first', 0):.3f} → {dpo.get('loss_last', 0):.3f} in {dpo.get('steps')} steps; "
+                     f"reward accuracy {ex.get('reward_accuracy', float('nan')):.2f}, margin {ex.get('reward_margin', float('nan')):.2f}")
+        lines.append(f"adapter: {(dpo.get('outputs') or {}).get('adapter')}")
+    for line in lines:
+        console.print(line)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

@@ -1,0 +1,30 @@
+"""Fixtures for verifier-sandbox tests: a real sandbox (bubblewrap here) and engines on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import halo_verifier_sandbox.core.verifiers  # noqa: F401  (registers the built-ins)
+from halo_verifier_sandbox.core.base import Runtime
+from halo_verifier_sandbox.core.engine import VerifierEngine, _expose_toolchains
+from halo_verifier_sandbox.core.registry import REGISTRY
+from halo_verifier_sandbox.core.sandbox import Sandbox
+from halo_verifier_sandbox.core.toolchains import Toolchains
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Sandbox:
+    """The strongest mechanism here; the tests need a real one (CI installs bubblewrap)."""
+    return Sandbox.detect()
+
+
+@pytest.fixture(scope="session")
+def engine(sandbox: Sandbox) -> Iterator[VerifierEngine]:
+    """An engine on the real sandbox, without a cache (each test checks real executions)."""
+    runtime = Runtime(sandbox=sandbox, toolchains=Toolchains())
+    _expose_toolchains(runtime)
+    eng = VerifierEngine(runtime, REGISTRY.copy(), cache=None, workers=2)
+    yield eng
+    eng.close()

@@ -1,0 +1,219 @@
+"""The sandbox for real: isolation, limits and cleanup under bubblewrap and unshare; fail-closed
+detection and the explicit host opt-in."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from halo_verifier_sandbox.core.sandbox import (
+    Mechanism,
+    Sandbox,
+    SandboxLimits,
+    SandboxUnavailable,
+    processes_of_uid,
+)
+from halo_verifier_sandbox.core.toolchains import Toolchains
+
+PY = Toolchains().get("python")
+
+
+def _make(mechanism: Mechanism, tmp_root: Path) -> Sandbox:
+    sb = Sandbox(mechanism, base_dir=tmp_root, expose=PY.expose)
+    sb.probe()
+    return sb
+
+
+@pytest.fixture(scope="module", params=[Mechanism.BWRAP, Mechanism.UNSHARE])
+def sb(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
+    return _make(request.param, tmp_path_factory.mktemp("sbx"))
+
+
+def py(sb: Sandbox, code: str, *, limits: SandboxLimits = SandboxLimits(wall_s=10), stdin: bytes = b""):
+    with sb.workspace() as ws:
+        ws.write("prog.py", code)
+        return ws.run([PY.exe or "python3", "-I", "prog.py"], stdin=stdin, limits=limits), ws
+
+
+def test_runs_code_and_passes_stdin(sb: Sandbox) -> None:
+    res, _ = py(sb, "import sys; print(sys.stdin.read().upper())", stdin=b"hello")
+    assert res.ok and res.out() == "HELLO\n" and res.mechanism == sb.mechanism.value
+
+
+def test_no_network(sb: Sandbox) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(5)
+    port = srv.getsockname()[1]
+    got: list[int] = []
+
+    def accept() -> None:
+        try:
+            srv.accept()
+            got.append(1)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=accept)
+    t.start()
+    res, _ = py(sb, f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')")
+    srv.close()
+    t.join()
+    assert not res.ok and "connected" not in res.out() and got == []
+    ifaces, _ = py(sb, "print(open('/proc/net/dev').read())")
+    assert [ln.split(":")[0].strip() for ln in ifaces.out().splitlines()[2:] if ":" in ln] == ["lo"]
+
+
+def test_filesystem_is_read_only_except_the_workspace(sb: Sandbox, tmp_path: Path) -> None:
+    outside = Path("/var/tmp") / f"halo-sbx-test-{os.getpid()}"
+    code = f"""
+import os
+for p in ["/etc/halo-pwned", "/usr/halo-pwned", "{Path.cwd()}/halo-pwned", "{outside}", "/var/tmp/x"]:
+    try:
+        open(p, "w").write("x")
+        print("WROTE", p)
+    except OSError as e:
+        print("denied", p, e.errno)
+open("mine.txt", "w").write("ok")
+print(open(os.path.join(os.environ["TMPDIR"], "mine.txt")).read())
+"""
+    res, ws = py(sb, code)
+    assert res.ok, res.err()
+    assert "WROTE" not in res.out() and res.out().count("denied") == 5 and res.out().endswith("ok\n")
+    assert not outside.exists() and not (Path.cwd() / "halo-pwned").exists()
+    assert not ws.path.exists()  # the workspace is removed afterwards
+
+
+def test_private_tmp_and_hidden_home(sb: Sandbox, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    code = f"""
+import os
+for p in ["{secret}", "/root/.bash_history", "/root"]:
+    print(p, os.path.exists(p) and (os.listdir(p) if os.path.isdir(p) else open(p).read()))
+"""
+    res, _ = py(sb, code)
+    assert res.ok, res.err()
+    assert "top secret" not in res.out()
+    assert f"{secret} False" in res.out()
+
+
+def test_environment_is_reduced(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HALO_TEST_SECRET_TOKEN", "s3cret")
+    res, ws = py(sb, "import os, json; print(json.dumps(dict(os.environ)))")
+    import json
+
+    env = json.loads(res.out())
+    assert "HALO_TEST_SECRET_TOKEN" not in env and "s3cret" not in res.out()
+    assert env["HOME"] == str(ws.path) and env["TMPDIR"] == str(ws.path)
+
+
+def test_wall_timeout_kills_the_whole_group(sb: Sandbox) -> None:
+    code = "import os, time\nfor _ in range(3):\n    os.fork() == 0 and time.sleep(1000)\ntime.sleep(1000)"
+    start = time.monotonic()
+    res, ws = py(sb, code, limits=SandboxLimits(wall_s=1.5, cpu_s=30))
+    assert res.timed_out and not res.ok and res.reason == "timeout (wall clock)"
+    assert time.monotonic() - start < 10
+    if ws.uid is not None:
+        assert processes_of_uid(ws.uid) == []
+
+
+def test_cpu_limit(sb: Sandbox) -> None:
+    res, _ = py(sb, "while True: pass", limits=SandboxLimits(wall_s=20, cpu_s=1))
+    assert not res.ok and not res.timed_out and res.signal in (signal.SIGXCPU, signal.SIGKILL)
+    assert res.wall_s < 10
+
+
+def test_memory_limit(sb: Sandbox) -> None:
+    res, _ = py(sb, "x = bytearray(10 * 1024**3)\nprint('allocated')", limits=SandboxLimits(memory_bytes=512 * 2**20))
+    assert not res.ok and "MemoryError" in res.err() and "allocated" not in res.out()
+
+
+def test_process_limit(sb: Sandbox) -> None:
+    code = """
+import os, time
+n = 0
+try:
+    while n < 500:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        n += 1
+except OSError:
+    pass
+print(n, flush=True)
+os._exit(0)
+"""
+    res, _ = py(sb, code, limits=SandboxLimits(wall_s=10, max_processes=20))
+    assert res.ok, res.err()
+    assert int(res.out()) < 20  # the fork that would exceed RLIMIT_NPROC failed
+
+
+def test_output_limit(sb: Sandbox) -> None:
+    res, _ = py(sb, "import sys\nwhile True: sys.stdout.write('x' * 65536)",
+                limits=SandboxLimits(max_output_bytes=100_000, wall_s=10))
+    assert res.output_exceeded and not res.ok and len(res.stdout) == 100_000 and res.wall_s < 5
+
+
+def test_file_size_limit(sb: Sandbox) -> None:
+    res, _ = py(sb, "open('big', 'wb').write(b'x' * 5_000_000)\nprint('done')",
+                limits=SandboxLimits(max_file_bytes=1_000_000))
+    assert not res.ok and "done" not in res.out()
+
+
+def test_daemon_left_behind_is_killed(sb: Sandbox) -> None:
+    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(1000)\n    os._exit(0)\nprint('bye')"
+    start = time.monotonic()
+    res, ws = py(sb, code)
+    assert res.ok and res.out() == "bye\n" and not res.timed_out
+    assert time.monotonic() - start < 5
+    if ws.uid is not None:
+        assert processes_of_uid(ws.uid) == []
+
+
+def test_uid_drop_when_root(sb: Sandbox) -> None:
+    res, ws = py(sb, "import os; print(os.getuid(), os.geteuid(), os.getgroups())")
+    if os.geteuid() == 0:
+        assert res.out().split()[:2] == [str(ws.uid)] * 2 and ws.uid >= 2_900_000
+    assert res.ok
+
+
+# ---- detection: fail closed, explicit host opt-in --------------------------------------------
+
+
+def test_fails_closed_without_a_mechanism(tmp_path: Path) -> None:
+    missing = {"bwrap": "/nonexistent/bwrap", "unshare": "/nonexistent/unshare", "sandbox-exec": "/nonexistent/sx"}
+    with pytest.raises(SandboxUnavailable) as err:
+        Sandbox.detect(base_dir=tmp_path, tools=missing)
+    assert "no sandbox mechanism available" in err.value.message and "apt-get install bubblewrap" in err.value.message
+    assert "HALO_VERIFIER_SANDBOX_ALLOW_HOST" in err.value.message
+    with pytest.raises(SandboxUnavailable, match="ALLOW_HOST"):
+        Sandbox.detect("host", base_dir=tmp_path)
+
+
+def test_host_execution_only_when_allowed(tmp_path: Path) -> None:
+    missing = {"bwrap": "/nonexistent/bwrap", "unshare": "/nonexistent/unshare", "sandbox-exec": "/nonexistent/sx"}
+    sb = Sandbox.detect(base_dir=tmp_path, tools=missing, allow_host=True, expose=PY.expose)
+    assert sb.mechanism == Mechanism.HOST and "network" not in sb.isolation
+    res, _ = py(sb, "import time; time.sleep(100)", limits=SandboxLimits(wall_s=1))
+    assert res.timed_out  # limits still apply on the host
+    res, _ = py(sb, "import os; print(os.environ.get('HOME'))")
+    assert res.ok and str(tmp_path) in res.out()
+
+
+def test_unknown_mechanism_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown sandbox mechanism"):
+        Sandbox.detect("chroot", base_dir=tmp_path)
+
+
+def test_detect_picks_bwrap_here(tmp_path: Path) -> None:
+    assert Sandbox.detect(base_dir=tmp_path).mechanism == Mechanism.BWRAP
+    assert sys.platform == "linux"
