@@ -41,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from halo_registry.core.ingest import rebuild_rollups
 from halo_registry.core.store import RegistryStore
 from halo_schemas.events import RunProgressed, RunStarted
 from halo_schemas.registry import RunCompareRequest, RunSearch
@@ -66,7 +67,7 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 # ---- building the database -------------------------------------------------------------------
 def build(store: RegistryStore, n_runs: int, n_points: int, long_steps: int, seed: int = 1) -> dict[str, Any]:
-    """Fill the (migrated, empty) SQLite database: runs, tags, evals, metric points and stats."""
+    """Fill the (migrated, empty) SQLite database: runs, tags, evals, metric points, stats, rollups."""
     rng = random.Random(seed)
     raw = store.db.engine.raw_connection()
     cur = raw.cursor()
@@ -138,6 +139,8 @@ def build(store: RegistryStore, n_runs: int, n_points: int, long_steps: int, see
         flush()
     cur.close()
     raw.close()
+    with store.db.write() as conn:  # what ingest maintains as it goes
+        rebuild_rollups(conn)
     return {"runs": n_runs, "points": total, "steps_per_short_run": steps_per_run, "long_runs": 8,
             "long_steps": long_steps, "tags": len(tags), "eval_results": len(evals)}
 

@@ -115,7 +115,7 @@ async def test_job_via_gateway_writes_jsonl_and_reports_it_in_events(rollout: Ro
     artifact, finished = events[-2].message, events[-1].message
     out = Path(artifact.path)
     assert out == rollout.settings.paths.run_dir(run_id) / "samples.jsonl" and artifact.format == "jsonl"
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    lines = [json.loads(x) for x in out.read_text().splitlines()]  # noqa: ASYNC240
     assert [x["index"] for x in lines] == [0, 1, 2, 3, 4] and all(len(x["completions"]) == 3 for x in lines)
     assert finished.state == "succeeded" and finished.summary["samples"] == 15 and finished.summary["output"] == str(out)
 
@@ -128,7 +128,7 @@ async def gateway_url(nats_bus: NatsBus) -> AsyncIterator[str]:
     server = uvicorn.Server(uvicorn.Config(create_app(nats_bus, GatewaySettings()), host="127.0.0.1", port=port,
                                            log_level="warning"))
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
         await asyncio.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True

@@ -50,7 +50,14 @@ def test_first_migration_upgrades_to_head_with_data_intact(registry_db: Registry
     assert "metric_stats" not in inspect(engine).get_table_names()
 
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == migrate.head_revision() == "0002"
+    assert migrate.current_revision(engine) == migrate.head_revision() == "0003"
+    with engine.connect() as conn:  # 0003 backfilled the 64-step rollup blocks from the points
+        rollups = conn.execute(text(
+            "SELECT r.run_id, n.name, m.bucket, m.n, m.vsum, m.vmin, m.vmax, m.first_step FROM metric_rollups m "
+            "JOIN runs r ON r.pk = m.run_pk JOIN metric_names n ON n.id = m.name_id ORDER BY 1, 2")).all()
+    assert [tuple(x) for x in rollups] == [
+        ("run-old1", "loss", 0, 3, 6.0, 1.0, 3.0, 0), ("run-old1", "lr", 0, 3, 0.003, 0.001, 0.001, 0),
+        ("run-old2", "loss", 0, 2, 5.0, 2.0, 3.0, 0), ("run-old2", "lr", 0, 2, 0.002, 0.001, 0.001, 0)]
     engine.dispose()
 
     store = RegistryStore.open(registry_db.url, registry_db.home)
@@ -82,6 +89,7 @@ def test_down_and_up_again_keeps_the_data(registry_db: RegistryDb) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM metrics")).scalar() == 3 * 2 + 2 * 2
         assert conn.execute(text("SELECT count(*) FROM metric_stats")).scalar() == 4
+        assert conn.execute(text("SELECT sum(n) FROM metric_rollups")).scalar() == 10
     engine.dispose()
 
 

@@ -174,13 +174,40 @@ def long_run(store: RegistryStore) -> str:
     return em.run_id
 
 
-def test_series_downsampled_exactly(store: RegistryStore, long_run: str) -> None:
-    m = store.metrics(RunMetricsRequest(run_id=long_run, names=["x"], max_points=100))
+def test_whole_long_series_is_read_from_rollups_exactly(store: RegistryStore, long_run: str) -> None:
+    m = store.metrics(RunMetricsRequest(run_id=long_run, names=["x", "y"], max_points=100))
+    x, y = m.series
+    # 10,000 steps = 157 blocks of 64; at most 100 points -> buckets of 2 blocks (128 steps), 79 points.
+    assert (x.points, x.downsampled, x.bucket_steps, len(x.steps)) == (10_000, True, 128, 79)
+    assert x.steps[:3] == [0, 128, 256] and x.steps[-1] == 9984
+    assert x.values[0] == pytest.approx(63.5) and x.values[-1] == pytest.approx((9984 + 9999) / 2)
+    assert (x.mins[5], x.maxs[5]) == (640.0, 767.0)
+    # y = step % 7: each bucket's exact mean, from the points themselves.
+    for i, start in enumerate(y.steps):
+        vals = [s % 7 for s in range(start, min(start + 128, 10_000))]
+        assert y.values[i] == pytest.approx(sum(vals) / len(vals)), start
+    # Finer than a rollup block (10,000 / 500 = 20 steps per bucket): read from the points.
+    fine = store.metrics(RunMetricsRequest(run_id=long_run, names=["x"], max_points=500)).series[0]
+    assert (fine.bucket_steps, len(fine.values), fine.values[0]) == (20, 500, pytest.approx(9.5))
+
+
+def test_step_window_is_bucketed_from_the_points(store: RegistryStore, long_run: str) -> None:
+    m = store.metrics(RunMetricsRequest(run_id=long_run, names=["x"], max_points=100, step_min=0, step_max=9998))
     (x,) = m.series
-    assert (x.points, x.downsampled, x.bucket_steps, len(x.steps)) == (10_000, True, 100, 100)
+    assert (x.points, x.downsampled, x.bucket_steps, len(x.steps)) == (9_999, True, 100, 100)
     assert x.steps[:3] == [0, 100, 200]
-    assert x.values[0] == pytest.approx(49.5) and x.values[-1] == pytest.approx(9949.5)
+    assert x.values[0] == pytest.approx(49.5) and x.values[-1] == pytest.approx(9949.0)
     assert (x.mins[5], x.maxs[5]) == (500.0, 599.0)
+
+
+def test_rollups_stay_exact_when_steps_are_relogged(store: RegistryStore) -> None:
+    em = RunEmitter()
+    store.apply_events([em.started()] + [em.progressed(s, v=1.0) for s in range(640)])
+    store.apply_events([em.progressed(s, v=3.0) for s in range(64, 128)])  # a resume re-logs block 1
+    store.apply_events([em.progressed(s, v=3.0) for s in range(64, 128)])  # …and is replayed
+    (v,) = store.metrics(RunMetricsRequest(run_id=em.run_id, max_points=5)).series
+    assert (v.bucket_steps, v.points) == (128, 640)
+    assert v.values == pytest.approx([2.0, 1.0, 1.0, 1.0, 1.0])
 
 
 def test_series_raw_when_short_enough_and_step_window(store: RegistryStore, long_run: str) -> None:

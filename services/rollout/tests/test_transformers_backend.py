@@ -45,6 +45,7 @@ def test_batched_greedy_equals_per_prompt_and_hf_generate(backend: TransformersB
         enc = backend.tokenizer(p, return_tensors="pt")
         out = backend.model.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=0)
         assert res.completions[0].token_ids == out[0, enc["input_ids"].shape[1]:].tolist()
+        assert res.prompt_token_ids == enc["input_ids"][0].tolist() == backend.encode(SampleRequest(prompt=p))
         assert res.prompt_num_tokens == enc["input_ids"].shape[1]
     c = batched[0].completions[0]
     assert c.finish_reason == "length" and c.num_tokens == 12 and c.seed is None

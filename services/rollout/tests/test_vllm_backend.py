@@ -95,7 +95,7 @@ class FakeLLM:
                  use_tqdm: bool = True) -> list[Any]:
         self.calls.append((prompts, params, lora_request))
         outs = []
-        for p, sp in zip(prompts, params, strict=True):
+        for _prompt, sp in zip(prompts, params, strict=True):
             ids = [7, 8, 9][: sp.max_tokens]
             stopped = bool(sp.stop)
             outs.append(types.SimpleNamespace(outputs=[FakeCompletion(

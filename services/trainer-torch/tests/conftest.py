@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+
+# The tiny model's ops are microseconds long: with several threads, synchronisation (and any other process on
+# a 2-core machine) dominates. One thread is several times faster here; real runs keep torch's default.
+torch.set_num_threads(1)
 
 ANIMALS = [("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), ("sheep", "baa"), ("pig", "oink"),
            ("horse", "neigh"), ("lion", "roar"), ("owl", "hoot"), ("frog", "ribbit"), ("bee", "buzz"), ("snake", "hiss")]
@@ -26,11 +31,11 @@ def sft_file(tmp_path: Path) -> Path:
     ])
 
 
-def preference_rows(topics: list[str]) -> list[dict[str, Any]]:
-    """Separable pairs: the chosen answer is a polite yes, the rejected a curt refusal."""
+def preference_rows(topics: list[str], rejected: str = "No.") -> list[dict[str, Any]]:
+    """Separable pairs: the chosen answer is a polite yes, the rejected a curt refusal (``{t}`` = topic)."""
     return [{"prompt": [{"role": "user", "content": f"Tell me about the {t}."}],
              "chosen": [{"role": "assistant", "content": f"Sure, the {t} is lovely."}],
-             "rejected": [{"role": "assistant", "content": "No."}]} for t in topics]
+             "rejected": [{"role": "assistant", "content": rejected.format(t=t)}]} for t in topics]
 
 
 TOPICS = ["cow", "dog", "cat", "duck", "sheep", "pig", "horse", "lion", "owl", "frog", "bee", "snake",
@@ -41,6 +46,13 @@ HELD_OUT = ["castle", "island", "valley", "meadow", "harbor", "canyon", "glacier
 @pytest.fixture
 def pref_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "prefs.jsonl", preference_rows(TOPICS))
+
+
+@pytest.fixture
+def twin_pref_file(tmp_path: Path) -> Path:
+    """Pairs that differ in one word ("lovely" vs "awful"): no length bias, so reference-free DPO starts
+    from the base model's arbitrary ordering rather than from "shorter is likelier"."""
+    return write_jsonl(tmp_path / "twins.jsonl", preference_rows(TOPICS, rejected="Sure, the {t} is awful."))
 
 
 @pytest.fixture

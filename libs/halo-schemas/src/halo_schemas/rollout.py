@@ -150,6 +150,9 @@ class SampleResult(Message):
 
     index: int = Field(ge=0, description="Index of the prompt in the request (or line in the job input), 0-based.")
     prompt_num_tokens: int = Field(ge=0, description="Prompt length in tokens after the chat template.")
+    prompt_token_ids: list[int] = Field(
+        default_factory=list, description="The prompt's token ids as the model saw them (chat template applied)."
+    )
     seed: int = Field(description="Seed the prompt was sampled with (the given one, or the random one drawn).")
     completions: list[Completion] = Field(description="n completions, in sample-index order.")
 

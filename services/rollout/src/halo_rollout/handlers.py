@@ -154,6 +154,8 @@ async def run_job(svc: Rollout, delivery: JobDelivery[JobEnvelope]) -> None:
         fut.result(timeout=30)
 
     def cancelled() -> bool:
+        if svc.stopping_jobs.is_set():
+            return True
         fut = asyncio.run_coroutine_threadsafe(svc.bus.kv_get(subjects.KV_JOB_STATE, env.job_id, JobStatus), loop)
         status = fut.result(timeout=30)
         return bool(status and status.cancel_requested)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -64,6 +65,9 @@ class Rollout(Service):
         self.metrics = RolloutMetrics(telemetry.registry if telemetry else CollectorRegistry())
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-model")
         self.cache = ModelCache(settings.cache_size, self._make_backend)
+        # Set on shutdown: a running job stops after its current chunk (its message, left unacked,
+        # is redelivered and resumed by another worker from the lines already written).
+        self.stopping_jobs = threading.Event()
 
     def _make_backend(self, name: str) -> RolloutBackend:
         s = self.settings
@@ -100,6 +104,8 @@ class Rollout(Service):
                                                     "default_backend": self.backend_for("auto")}})
 
     async def drain(self) -> None:
-        # In-flight batches finish on the model thread; then the models are freed.
+        # In-flight batches finish on the model thread (a job stops at its next chunk); then the
+        # models are freed.
+        self.stopping_jobs.set()
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
         self.cache.close()

@@ -58,7 +58,8 @@ class VerifierSandbox(Service):
             path: Path | None = s.paths.home / "cache" / "verifier-results.sqlite" if s.cache_persist else None
             cache = ResultCache(s.cache_entries, path)
         engine = VerifierEngine.create(
-            workers=s.workers or None, mechanism=s.mechanism, allow_host=s.allow_host, cache=cache or False,
+            workers=s.workers or None, mechanism=s.mechanism, allow_host=s.allow_host,
+            cache=cache if cache is not None else False,
             uid_base=s.uid_base, uid_count=max(s.uid_count, s.workers or 0), base_dir=s.base_dir,
             hide=_hidden_paths(s),
         )

@@ -102,6 +102,7 @@ runs = Table(
     Index("ix_runs_method_created", "method", "created_at"),
     Index("ix_runs_backend", "backend"),
     Index("ix_runs_base_model", "base_model"),
+    Index("ix_runs_facets", "status", "method", "backend", "base_model"),
 )
 
 run_tags = Table(
@@ -138,6 +139,24 @@ metric_stats = Table(
     Column("first_step", Integer, nullable=False),
     Column("last_step", Integer, nullable=False),
     Column("last_value", Float, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+#: Steps per rollup block. Changing it needs a migration that rebuilds metric_rollups.
+ROLLUP_STEPS = 64
+
+# Per run × metric × block of ROLLUP_STEPS steps: what a downsampled read of a long series needs
+# (count, sum, min, max, first step), recomputed from the points of each block ingest touches.
+metric_rollups = Table(
+    "metric_rollups", metadata,
+    Column("run_pk", Integer, primary_key=True),
+    Column("name_id", Integer, primary_key=True),
+    Column("bucket", Integer, primary_key=True),
+    Column("n", Integer, nullable=False),
+    Column("vsum", Float, nullable=False),
+    Column("vmin", Float, nullable=False),
+    Column("vmax", Float, nullable=False),
+    Column("first_step", Integer, nullable=False),
     sqlite_with_rowid=False,
 )
 

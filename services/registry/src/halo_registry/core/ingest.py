@@ -20,6 +20,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.engine import Connection
 
 from halo_registry.core.db import (
+    ROLLUP_STEPS,
     Database,
     artifacts,
     deleted_runs,
@@ -274,9 +275,23 @@ def write_points(db: Database, conn: Connection, points: Iterable[tuple[int, str
     # The hot path: driver-level executemany of plain tuples (same statement on SQLite and
     # PostgreSQL but for the markers); SQLAlchemy's per-row parameter processing would cost more
     # than the inserts themselves.
+    mark = db.placeholders(conn, 1)
     conn.exec_driver_sql(
         f"INSERT INTO metrics (run_pk, name_id, step, value) VALUES ({db.placeholders(conn, 4)}) "
         "ON CONFLICT (run_pk, name_id, step) DO UPDATE SET value = excluded.value", rows)
+
+    # Rollup blocks touched by these points, recomputed from the stored points (so a replay or
+    # an overwritten step leaves them exact, where incrementing would double count).
+    blocks = sorted({(pk, nid, step // ROLLUP_STEPS) for pk, nid, step, _ in rows})
+    conn.exec_driver_sql(
+        "INSERT INTO metric_rollups (run_pk, name_id, bucket, n, vsum, vmin, vmax, first_step) "
+        f"SELECT run_pk, name_id, step / {ROLLUP_STEPS}, COUNT(*), SUM(value), MIN(value), MAX(value), MIN(step) "
+        f"FROM metrics WHERE run_pk = {mark} AND name_id = {mark} AND step >= {mark} AND step < {mark} "
+        f"GROUP BY run_pk, name_id, step / {ROLLUP_STEPS} "
+        "ON CONFLICT (run_pk, name_id, bucket) DO UPDATE SET n = excluded.n, vsum = excluded.vsum, "
+        "vmin = excluded.vmin, vmax = excluded.vmax, first_step = excluded.first_step",
+        [(pk, nid, b * ROLLUP_STEPS, (b + 1) * ROLLUP_STEPS) for pk, nid, b in blocks],
+    )
 
     st = db.insert(metric_stats)
     ex, cur = st.excluded, metric_stats.c
@@ -291,3 +306,14 @@ def write_points(db: Database, conn: Connection, points: Iterable[tuple[int, str
     conn.execute(st, [{"run_pk": pk, "name_id": nid, "first_step": s[0], "last_step": s[1], "last_value": s[2]}
                       for (pk, nid), s in span.items()])
     return len(rows)
+
+
+def rebuild_rollups(conn: Connection) -> None:
+    """Recompute every rollup block from the stored points (after a bulk load that bypassed
+    :func:`write_points`, or to repair). Same SQL as migration 0003's backfill."""
+    conn.exec_driver_sql("DELETE FROM metric_rollups")
+    conn.exec_driver_sql(
+        "INSERT INTO metric_rollups (run_pk, name_id, bucket, n, vsum, vmin, vmax, first_step) "
+        f"SELECT run_pk, name_id, step / {ROLLUP_STEPS}, COUNT(*), SUM(value), MIN(value), MAX(value), MIN(step) "
+        f"FROM metrics GROUP BY run_pk, name_id, step / {ROLLUP_STEPS}"
+    )

@@ -15,6 +15,7 @@ from halo_registry.core.db import (
     deleted_runs,
     eval_results,
     lineage,
+    metric_rollups,
     metric_stats,
     metrics,
     power_samples,
@@ -70,7 +71,7 @@ def record_eval(conn: Connection, db: Database, req: EvalRecordRequest) -> int:
 def remove_run_rows(conn: Connection, pk: int, run_id: str) -> list[str]:
     """Delete every row of a run (the run's own lineage as a child too); returns its artifact paths."""
     paths = list(conn.scalars(select(artifacts.c.path).where(artifacts.c.run_pk == pk)))
-    for table in (metrics, metric_stats, power_samples, artifacts, eval_results, run_tags):
+    for table in (metrics, metric_stats, metric_rollups, power_samples, artifacts, eval_results, run_tags):
         conn.execute(delete(table).where(table.c.run_pk == pk))
     conn.execute(delete(lineage).where(lineage.c.child_run_id == run_id))
     conn.execute(delete(runs).where(runs.c.pk == pk))

@@ -9,17 +9,21 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, true
+from sqlalchemy import and_, func, or_, select, true
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.expression import Alias, FromClause
 
 from halo_common.errors import NotFound
 from halo_registry.core.db import (
+    ROLLUP_STEPS,
     Database,
     artifacts,
     eval_results,
     lineage,
     metric_names,
+    metric_rollups,
     metric_stats,
     metrics,
     run_tags,
@@ -100,69 +104,120 @@ def run_summary(conn: Connection, run_id: str) -> RunSummary:
 
 
 # ---- search ----------------------------------------------------------------------------------
-def _conditions(req: RunSearch) -> dict[str, list[ColumnElement[bool]]]:
-    """Filter clauses grouped by the facet they restrict (facet counts leave their own out)."""
+class _NotIndexed(Alias):
+    """``runs`` read by a full scan on SQLite (``FROM runs AS runs NOT INDEXED``); plain elsewhere."""
+
+    inherit_cache = True
+
+
+@compiles(_NotIndexed, "sqlite")
+def _not_indexed(element: _NotIndexed, compiler: Any, **kw: Any) -> str:
+    text = compiler.visit_alias(element, **kw)
+    return f"{text} NOT INDEXED" if kw.get("asfrom") else text
+
+
+def _runs(db: Database, scan: bool) -> FromClause:
+    # Why: SQLite's planner, without statistics it can trust, picks an index whenever a filter
+    # column has one, then looks up every matching row (~2 µs each): 60-150 ms for a filter that
+    # matches a third of 100k runs, or for a rare substring walked along the created_at index.
+    # A full scan of the runs table costs ~10-20 ms. PostgreSQL's planner has real statistics.
+    return _NotIndexed._construct(runs, name="runs") if scan and db.is_sqlite else runs
+
+
+def _contains(db: Database, col: Any, text: str) -> ColumnElement[bool]:
+    """Case-insensitive substring match: SQLite's LIKE already ignores ASCII case (lower() on both
+    sides would double the cost of a scan); PostgreSQL's ILIKE."""
+    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return col.like(pattern, escape="\\") if db.is_sqlite else col.ilike(pattern, escape="\\")
+
+
+def _conditions(db: Database, t: FromClause, req: RunSearch) -> dict[str, list[ColumnElement[bool]]]:
+    """Filter clauses on ``t`` grouped by the facet they restrict (facet counts leave their own out)."""
+    c = t.c
     conds: dict[str, list[ColumnElement[bool]]] = {k: [] for k in (*FACET_FIELDS, "other")}
     if req.status:
-        conds["status"].append(runs.c.status.in_([s.value for s in req.status]))
+        conds["status"].append(c.status.in_([s.value for s in req.status]))
     if req.method:
-        conds["method"].append(runs.c.method.in_(req.method))
+        conds["method"].append(c.method.in_(req.method))
     if req.backend:
-        conds["backend"].append(runs.c.backend.in_(req.backend))
+        conds["backend"].append(c.backend.in_(req.backend))
     if req.model:
-        conds["base_model"].append(runs.c.base_model.icontains(req.model, autoescape=True))
-    for tag in req.tag:
-        conds["tag"].append(exists().where(run_tags.c.run_pk == runs.c.pk, run_tags.c.tag == tag))
+        conds["base_model"].append(_contains(db, c.base_model, req.model))
+    for tag in req.tag:  # an IN list from the tag index: selective, and cheap to probe
+        conds["tag"].append(c.pk.in_(select(run_tags.c.run_pk).where(run_tags.c.tag == tag)))
     if req.text:
-        conds["other"].append(or_(runs.c.run_id.icontains(req.text, autoescape=True),
-                                  runs.c.name.icontains(req.text, autoescape=True)))
+        conds["other"].append(or_(_contains(db, c.run_id, req.text), _contains(db, c.name, req.text)))
     if req.since:
-        conds["other"].append(runs.c.created_at >= req.since)
+        conds["other"].append(c.created_at >= req.since)
     if req.until:
-        conds["other"].append(runs.c.created_at < req.until)
+        conds["other"].append(c.created_at < req.until)
     if req.has_eval is not None:
-        has = exists().where(eval_results.c.run_pk == runs.c.pk)
-        conds["other"].append(has if req.has_eval else ~has)
+        evaluated = select(eval_results.c.run_pk)
+        conds["other"].append(c.pk.in_(evaluated) if req.has_eval else c.pk.not_in(evaluated))
     return conds
+
+
+def _all(conds: dict[str, list[ColumnElement[bool]]], *, without: str | None = None) -> ColumnElement[bool]:
+    return and_(true(), *(cond for k, cs in conds.items() if k != without for cond in cs))
 
 
 def search(db: Database, conn: Connection, req: RunSearch) -> RunsPage:
     """One page of runs matching ``req``, its total, and facet counts when asked."""
-    conds = _conditions(req)
-    where = and_(true(), *(c for cs in conds.values() for c in cs))
     desc = req.sort.startswith("-")
     field = req.sort.lstrip("+-")
-    query = select(*SUMMARY_COLUMNS).where(where)
+    substring = bool(req.text or req.model)
+    # Scan rather than walk an index when a substring filter is present (its matches can be
+    # anywhere) or when the order is not created_at, which every runs index ends with — unless
+    # a tag or evaluated-only filter already narrows the rows through its own index.
+    narrowed = bool(req.tag) or req.has_eval is True
+    t = _runs(db, substring or (not field.startswith("created_at") and not narrowed))
+    conds = _conditions(db, t, req)
+    query = select(*(t.c[col.name] for col in SUMMARY_COLUMNS)).where(_all(conds))
     if field.startswith("metric."):
         ids = db.name_ids(conn, [field[len("metric."):]], create=False)
         nid = next(iter(ids.values()), -1)
         ms = metric_stats.alias("sort_ms")
-        query = query.outerjoin(ms, and_(ms.c.run_pk == runs.c.pk, ms.c.name_id == nid))
+        query = query.outerjoin(ms, and_(ms.c.run_pk == t.c.pk, ms.c.name_id == nid))
         key: Any = ms.c.last_value
     else:
-        key = runs.c[field]
+        key = t.c[field]
     order = [(key.desc() if desc else key.asc()).nulls_last()]
     if field != "run_id":
-        order.append(runs.c.run_id.desc() if desc else runs.c.run_id.asc())
+        order.append(t.c.run_id.desc() if desc else t.c.run_id.asc())
     rows = conn.execute(query.order_by(*order).limit(req.limit).offset(req.offset)).all()
-    total = conn.scalar(select(func.count()).select_from(runs).where(where)) or 0
-    facets = _facets(conn, conds) if req.facets else {}
+    ct = _runs(db, substring)  # counting equality filters is an index-only scan: keep the index
+    total = conn.scalar(select(func.count()).select_from(ct).where(_all(_conditions(db, ct, req)))) or 0
+    facets = _facets(db, conn, req) if req.facets else {}
     return RunsPage(items=summaries(conn, rows), total=total, limit=req.limit, offset=req.offset, facets=facets)
 
 
-def _facets(conn: Connection, conds: dict[str, list[ColumnElement[bool]]]) -> dict[str, list[FacetCount]]:
-    out: dict[str, list[FacetCount]] = {}
-    for facet in FACET_FIELDS:
-        where = and_(true(), *(c for k, cs in conds.items() if k != facet for c in cs))
-        n = func.count().label("n")
-        if facet == "tag":
-            q = (select(run_tags.c.tag, n).join(runs, runs.c.pk == run_tags.c.run_pk).where(where)
-                 .group_by(run_tags.c.tag))
-        else:
-            col = runs.c[facet]
-            q = select(col, n).where(where, col.is_not(None)).group_by(col)
-        rows = conn.execute(q.order_by(n.desc(), q.selected_columns[0]).limit(FACET_LIMIT)).all()
-        out[facet] = [FacetCount(value=str(v), count=c) for v, c in rows]
+def _facets(db: Database, conn: Connection, req: RunSearch) -> dict[str, list[FacetCount]]:
+    """Counts per status, method, backend, base model and tag, each with every other filter applied.
+
+    The four column facets come from one scan grouped by all four columns, with each facet's own
+    filter computed per group as a flag, so facet F sums the groups where the other flags hold.
+    Without other filters that scan is of the (status, method, backend, base_model) index alone."""
+    t = _runs(db, bool(req.text or req.since or req.until or req.has_eval is not None or req.tag))
+    conds = _conditions(db, t, req)
+    cols = ("status", "method", "backend", "base_model")
+    flags = [(and_(true(), *conds[f]) if conds[f] else true()).label(f"ok_{f}") for f in cols]
+    q = (select(*(t.c[f] for f in cols), func.count().label("n"), *flags)
+         .where(_all({k: v for k, v in conds.items() if k not in cols}))
+         .group_by(*(t.c[f] for f in cols)))
+    counts: dict[str, dict[str, int]] = {f: {} for f in cols}
+    for row in conn.execute(q):
+        ok = {f: bool(getattr(row, f"ok_{f}")) for f in cols}
+        for f in cols:
+            value = getattr(row, f)
+            if value is not None and all(ok[g] for g in cols if g != f):
+                counts[f][str(value)] = counts[f].get(str(value), 0) + row.n
+    out = {f: [FacetCount(value=v, count=n) for v, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:FACET_LIMIT]]
+           for f, c in counts.items()}
+    n = func.count().label("n")
+    tq = (select(run_tags.c.tag, n)
+          .where(run_tags.c.run_pk.in_(select(t.c.pk).where(_all(conds, without="tag"))))
+          .group_by(run_tags.c.tag).order_by(n.desc(), run_tags.c.tag).limit(FACET_LIMIT))
+    out["tag"] = [FacetCount(value=tag, count=c) for tag, c in conn.execute(tq)]
     return out
 
 
@@ -214,14 +269,19 @@ def metric_spans(conn: Connection, pk: int) -> dict[str, tuple[int, int, int]]:
 
 def read_series(conn: Connection, pk: int, name: str, span: tuple[int, int, int], max_points: int,
                 step_min: int | None = None, step_max: int | None = None) -> MetricSeries:
-    """One series, bucketed in SQL to at most ``max_points`` points: buckets of ``w`` consecutive
-    steps give their mean (and min/max), so a 1M-step run costs one indexed range scan."""
+    """One series, bucketed in SQL to at most ``max_points`` points, each the mean (and min/max) of
+    ``bucket_steps`` consecutive steps. A whole long series is read from the 64-step rollup
+    blocks (64x fewer rows); a step window, or a series short enough for finer buckets, from the
+    points themselves."""
     nid, first, last = span
     lo = max(first, step_min) if step_min is not None else first
     hi = min(last, step_max) if step_max is not None else last
     if hi < lo:
         return MetricSeries(name=name)
     width = max(1, math.ceil((hi - lo + 1) / max_points))
+    # Rollups when they give at least half the resolution asked for (buckets of >= 32 steps).
+    if (lo, hi) == (first, last) and 2 * width >= ROLLUP_STEPS:
+        return _read_rollups(conn, pk, name, nid, first, last, max_points)
     where = and_(metrics.c.run_pk == pk, metrics.c.name_id == nid, metrics.c.step >= lo, metrics.c.step <= hi)
     if width == 1:
         rows = conn.execute(select(metrics.c.step, metrics.c.value).where(where).order_by(metrics.c.step)).all()
@@ -230,13 +290,29 @@ def read_series(conn: Connection, pk: int, name: str, span: tuple[int, int, int]
     q = (select(func.min(metrics.c.step), func.avg(metrics.c.value), func.min(metrics.c.value),
                 func.max(metrics.c.value), func.count())
          .where(where).group_by(bucket).order_by(bucket))
-    rows = conn.execute(q).all()
-    points = sum(r[4] for r in rows)
+    return _bucketed(name, conn.execute(q).all(), width)
+
+
+def _read_rollups(conn: Connection, pk: int, name: str, nid: int, first: int, last: int,
+                  max_points: int) -> MetricSeries:
+    """Output bucket i = rollup blocks [b0 + i·k, b0 + (i+1)·k): steps aligned to 64·k."""
+    b0 = first // ROLLUP_STEPS
+    k = max(1, math.ceil((last // ROLLUP_STEPS - b0 + 1) / max_points))
+    r = metric_rollups.c
+    bucket = ((r.bucket - b0) // k).label("b")
+    q = (select(func.min(r.first_step), func.sum(r.vsum) / func.sum(r.n), func.min(r.vmin), func.max(r.vmax),
+                func.sum(r.n))
+         .where(r.run_pk == pk, r.name_id == nid).group_by(bucket).order_by(bucket))
+    return _bucketed(name, conn.execute(q).all(), k * ROLLUP_STEPS)
+
+
+def _bucketed(name: str, rows: Sequence[Row[Any]], width: int) -> MetricSeries:
+    """rows: (first step, mean, min, max, count) per bucket."""
     down = any(r[4] > 1 for r in rows)
     return MetricSeries(
         name=name, steps=[r[0] for r in rows], values=[float(r[1]) for r in rows],
         mins=[r[2] for r in rows] if down else None, maxs=[r[3] for r in rows] if down else None,
-        points=points, downsampled=down, bucket_steps=width if down else 1,
+        points=sum(r[4] for r in rows), downsampled=down, bucket_steps=width if down else 1,
     )
 
 
@@ -327,7 +403,7 @@ def eval_grid(db: Database, conn: Connection, req: EvalGridRequest) -> EvalGrid:
                                                                      "facets": False})
         page_rows = conn.execute(
             select(*SUMMARY_COLUMNS)
-            .where(and_(true(), *(c for cs in _conditions(search_req).values() for c in cs)))
+            .where(_all(_conditions(db, runs, search_req)))
             .order_by(runs.c.created_at.desc(), runs.c.run_id.desc()).limit(req.limit)
         ).all()
         rows = list(page_rows)

@@ -242,6 +242,9 @@ def run_job(
                      control=control, resume_from=resume_from, run_id=run_id, job_id=job_id)
     recipe = RECIPES[method]
     try:
+        from transformers import set_seed
+
+        set_seed(typed.seed)  # adapter initialisation happens before the Trainer seeds anything
         result = recipe.train(ctx)
     except HaloError as exc:
         return finish(JobState.FAILED, None, str(exc))

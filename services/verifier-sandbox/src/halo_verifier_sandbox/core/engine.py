@@ -73,6 +73,7 @@ class VerifierEngine:
         self.observer = observer
         self._inflight: dict[str, Future[VerifyResult]] = {}
         self._lock = threading.Lock()
+        self._owns_sandbox = False
 
     @classmethod
     def create(
@@ -97,8 +98,9 @@ class VerifierEngine:
         runtime = Runtime(sandbox=sandbox, toolchains=Toolchains(), sandbox_problem=problem)
         if sandbox is not None:
             _expose_toolchains(runtime)
-        rc = ResultCache() if cache is True else (cache or None)
+        rc = ResultCache() if cache is True else (cache if isinstance(cache, ResultCache) else None)
         engine = cls(runtime, registry, rc, workers)
+        engine._owns_sandbox = True
         if plugins_dir is not None:
             registry.load_plugins(plugins_dir)
         return engine
@@ -150,9 +152,14 @@ class VerifierEngine:
                 self._inflight[key] = running
         assert running is not None
         if not mine:
-            result = running.result()
-            self._observe(name, result, True)
-            return result.model_copy(update={"cached": True, "duration_s": 0.0, "id": item_id})
+            shared = running.result()
+            if cacheable_result(shared):
+                self._observe(name, shared, True)
+                return shared.model_copy(update={"cached": True, "duration_s": 0.0, "id": item_id})
+            # An infrastructure failure is not an answer about this completion: run it ourselves.
+            result = self._execute(prepared, completion, context)
+            self._observe(name, result, False)
+            return result.model_copy(update={"id": item_id})
         try:
             result = self._execute(prepared, completion, context)
             if cacheable_result(result):
@@ -216,7 +223,10 @@ class VerifierEngine:
         return [self._isolate(prepared, f, it.id) for f, it in zip(futs, items, strict=True)]
 
     def close(self) -> None:
+        """Finish running work, stop the warm sandboxes this engine created, close the cache."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self._owns_sandbox and self.runtime.sandbox is not None:
+            self.runtime.sandbox.close()
         if self.cache is not None:
             self.cache.close()
 

@@ -35,6 +35,7 @@ process group (and, with a private uid, every process of that uid) is SIGKILLed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -42,6 +43,7 @@ import logging
 import math
 import os
 import platform
+import select
 import selectors
 import shutil
 import signal
@@ -62,6 +64,7 @@ log = logging.getLogger("halo_verifier_sandbox.sandbox")
 
 _LAUNCH_DIR = Path(__file__).resolve().parent / "_launch"
 NSINIT = _LAUNCH_DIR / "nsinit.py"
+AGENT = _LAUNCH_DIR / "agent.py"
 LIMITS_LAUNCHER = _LAUNCH_DIR / "limits.py"
 
 MiB = 1024 * 1024
@@ -266,6 +269,7 @@ class Workspace:
     path: Path
     uid: int | None
     gid: int | None
+    agent: _Agent | None = None
     runs: list[ExecResult] = field(default_factory=list)
 
     def write(self, rel: str, content: str | bytes, mode: int = 0o644) -> Path:
@@ -345,6 +349,7 @@ class Sandbox:
         drop_uid: bool | None = None,
         tools: Mapping[str, str] | None = None,
         path_env: str = DEFAULT_PATH,
+        warm: bool = True,
     ) -> None:
         self.mechanism = Mechanism(mechanism)
         self.base_dir = _real(base_dir or Path(tempfile.gettempdir()) / "halo-verifier-sandbox")
@@ -370,6 +375,12 @@ class Sandbox:
         for e in expose:
             self.add_expose(e)
         self._prlimit = shutil.which(self.tools["prlimit"]) if platform.system() == "Linux" else None
+        # Warm sandboxes: one long-lived bwrap + agent per private uid (root only), so a command
+        # costs a fork+exec instead of fresh namespaces and mounts. Isolation is the same; between
+        # verifications the agent kills the uid's processes and removes its SysV IPC objects.
+        self.warm = warm and self.mechanism == Mechanism.BWRAP and self.drop_uid
+        self._agents: dict[int, _Agent] = {}
+        self._agents_lock = threading.Lock()
 
     # ---- configuration ---------------------------------------------------------------------
     def add_expose(self, path: str | Path) -> None:
@@ -459,15 +470,20 @@ class Sandbox:
     def workspace(self) -> Iterator[Workspace]:
         """A fresh private directory (and uid); everything of it is killed and removed on exit."""
         uid = self.uid_pool.acquire() if self.uid_pool else None
-        path = self.base_dir / f"ws-{uuid.uuid4().hex[:16]}"
+        agent = self._agent_for(uid) if uid is not None and self.warm else None
+        parent = agent.slot_dir if agent else self.base_dir
+        path = parent / f"ws-{uuid.uuid4().hex[:16]}"
         try:
             path.mkdir(mode=0o700)
             if uid is not None:
                 os.chown(path, uid, uid)
                 kill_uid(uid)  # a previous holder's stragglers (e.g. a crashed service)
-            ws = Workspace(self, path, uid, uid)
+            ws = Workspace(self, path, uid, uid, agent=agent)
             yield ws
         finally:
+            if agent is not None and agent.alive():
+                with contextlib.suppress(SandboxUnavailable):
+                    agent.call({"op": "reset", "uid": uid}, timeout=15)
             if uid is not None:
                 kill_uid(uid)
             shutil.rmtree(path, ignore_errors=True)
@@ -481,6 +497,24 @@ class Sandbox:
                 shutil.rmtree(path, ignore_errors=True)
             if uid is not None and self.uid_pool:
                 self.uid_pool.release(uid)
+
+    def _agent_for(self, uid: int) -> _Agent | None:
+        """The warm sandbox of ``uid`` (bwrap only), started on first use."""
+        if self.mechanism != Mechanism.BWRAP:
+            return None
+        with self._agents_lock:
+            agent = self._agents.get(uid)
+            if agent is None:
+                agent = _Agent(self, uid)
+                self._agents[uid] = agent
+            return agent
+
+    def close(self) -> None:
+        """Stop the warm sandboxes (they also die with this process)."""
+        with self._agents_lock:
+            agents, self._agents = list(self._agents.values()), {}
+        for a in agents:
+            a.close()
 
     # ---- running ----------------------------------------------------------------------------------
     def environment(self, ws: Workspace, extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -530,7 +564,9 @@ class Sandbox:
                             out.append(cur)
         return sorted(out, key=lambda p: len(p.parts))
 
-    def _bwrap_argv(self, ws: Workspace, argv: Sequence[str], cwd: Path, expose: list[Path]) -> list[str]:
+    def _bwrap_prefix(self, bind: Path, cwd: Path, expose: Sequence[Path]) -> list[str]:
+        """bwrap with every namespace, the read-only root, hidden dirs, exposed toolchains and
+        ``bind`` as the only writable directory; the command follows."""
         a = [self.tools["bwrap"], "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
              "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
         if not _is_root():
@@ -538,14 +574,17 @@ class Sandbox:
         a += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
         for h in self.hidden:
             a += ["--tmpfs", str(h)]
-        for d in self._mkdirs_for([*expose, ws.path]):
+        for d in self._mkdirs_for([*expose, bind]):
             a += ["--perms", "0755", "--dir", str(d)]
         for e in expose:
             a += ["--ro-bind", str(e), str(e)]
-        a += ["--bind", str(ws.path), str(ws.path)]
+        a += ["--bind", str(bind), str(bind)]
         for h in self.hidden:
             a += ["--remount-ro", str(h)]
-        a += ["--remount-ro", "/dev", "--chdir", str(cwd), "--"]
+        return a + ["--remount-ro", "/dev", "--chdir", str(cwd), "--"]
+
+    def _bwrap_argv(self, ws: Workspace, argv: Sequence[str], cwd: Path, expose: list[Path]) -> list[str]:
+        a = self._bwrap_prefix(ws.path, cwd, expose)
         if ws.uid is not None:
             a += self._setpriv(ws)
         return a + list(argv)
@@ -607,7 +646,11 @@ class Sandbox:
         cwd: Path | None = None,
         expose: Sequence[str | Path] = (),
     ) -> ExecResult:
-        """Run ``argv`` inside ``ws`` under ``limits``; never raises for what the code does."""
+        """Run ``argv`` inside ``ws`` under ``limits``; never raises for what the code does
+        (:class:`SandboxUnavailable` when the sandbox itself breaks)."""
+        if ws.agent is not None:
+            return ws.agent.run(ws, argv, stdin=stdin, limits=limits, env=self.environment(ws, env),
+                                cwd=cwd or ws.path, expose=[_real(e) for e in expose])
         full = self.command(ws, argv, limits, cwd, expose)
         data = stdin.encode() if isinstance(stdin, str) else stdin
         popen_kw: dict[str, object] = {}
@@ -635,6 +678,132 @@ class Sandbox:
             kill_uid(ws.uid)  # daemons the code left behind (host/container mode has no PID namespace)
         return ExecResult(list(argv), rc, out, err, wall, self.mechanism.value, timed_out=timed_out,
                           output_exceeded=exceeded, signal=sig)
+
+
+class _Agent:
+    """A warm bwrap sandbox for one private uid running ``_launch/agent.py`` (see there).
+
+    The sandbox binds the uid's slot directory (``<base>/slot-<uid>``) read-write; workspaces are
+    created inside it. The expose set only grows: a run that needs a toolchain directory the
+    sandbox does not show yet restarts it with the union."""
+
+    def __init__(self, sandbox: Sandbox, uid: int) -> None:
+        self.sandbox, self.uid = sandbox, uid
+        self.slot_dir = sandbox.base_dir / f"slot-{uid}"
+        self.slot_dir.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(self.slot_dir, 0o711)
+        self.script = self.slot_dir / ".halo-agent.py"
+        self.script.write_text(AGENT.read_text())
+        os.chmod(self.script, 0o644)
+        self.python = os.path.realpath(sys.executable)
+        self.expose: set[Path] = set()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _start(self, expose: set[Path]) -> None:
+        self.close()
+        py_dirs = {_real(Path(self.python).parent.parent), _real(sys.base_prefix)}
+        wanted = {p for p in (*self.sandbox.expose, *expose, *py_dirs)
+                  if p.exists() and p not in self.sandbox.hidden and any(_under(p, h) for h in self.sandbox.hidden)}
+        # keep only top-most paths: a nested bind of an already exposed directory is redundant
+        top = sorted(wanted, key=lambda p: len(p.parts))
+        final: list[Path] = []
+        for p in top:
+            if not any(_under(p, q) for q in final):
+                final.append(p)
+        argv = self.sandbox._bwrap_prefix(self.slot_dir, self.slot_dir, final) + [
+            self.python, "-I", "-S", str(self.script)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                                     env={"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"})
+        self.expose = set(expose) | self.expose
+        reply = self._call({"op": "ping"}, timeout=30)
+        if not reply.get("ok"):
+            raise SandboxUnavailable(f"sandbox agent did not start: {reply}")
+
+    def _call(self, req: dict[str, object], timeout: float) -> dict[str, object]:
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            raise SandboxUnavailable("sandbox agent is not running")
+        data = json.dumps(req).encode()
+        try:
+            proc.stdin.write(len(data).to_bytes(4, "big") + data)
+            proc.stdin.flush()
+            head = _read_exact(proc.stdout, 4, time.monotonic() + timeout)
+            body = _read_exact(proc.stdout, int.from_bytes(head, "big"), time.monotonic() + timeout)
+        except (OSError, TimeoutError, EOFError) as exc:
+            self.close()
+            raise SandboxUnavailable(f"sandbox agent failed: {type(exc).__name__}: {exc}") from None
+        return json.loads(body)
+
+    def call(self, req: dict[str, object], timeout: float, expose: set[Path] | None = None) -> dict[str, object]:
+        """Send one request; (re)starts the sandbox when needed or when ``expose`` grows."""
+        with self.lock:
+            need = set(expose or ())
+            if not self.alive() or not need <= self.expose:
+                if req.get("op") == "reset" and not self.alive():
+                    return {"killed": 0}
+                self._start(need)
+            return self._call(req, timeout)
+
+    def run(self, ws: Workspace, argv: Sequence[str], *, stdin: bytes | str, limits: SandboxLimits,
+            env: dict[str, str], cwd: Path, expose: list[Path]) -> ExecResult:
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        cpu = max(1, math.ceil(limits.cpu_s))
+        req = {
+            "op": "run", "argv": list(argv), "cwd": str(cwd), "env": env, "uid": ws.uid, "gid": ws.gid,
+            "stdin": base64.b64encode(data).decode(), "wall_s": limits.wall_s, "max_output": limits.max_output_bytes,
+            "limits": {"as": limits.memory_bytes, "cpu": cpu, "nproc": limits.max_processes,
+                       "fsize": limits.max_file_bytes, "nofile": limits.max_open_files},
+        }
+        need = {e for e in expose if e.exists() and any(_under(e, h) for h in self.sandbox.hidden)
+                and e not in self.sandbox.hidden}
+        try:
+            reply = self.call(req, timeout=limits.wall_s + 30, expose=need)
+        except SandboxUnavailable:
+            reply = self.call(req, timeout=limits.wall_s + 30, expose=need)  # one retry on a fresh sandbox
+        if "error" in reply:
+            raise SandboxUnavailable(f"sandbox agent error: {reply['error']}")
+        rc = reply["rc"]
+        return ExecResult(list(argv), rc, base64.b64decode(reply["stdout"]), base64.b64decode(reply["stderr"]),  # type: ignore[arg-type]
+                          float(reply["wall_s"]), Mechanism.BWRAP.value, timed_out=bool(reply["timed_out"]),  # type: ignore[arg-type]
+                          output_exceeded=bool(reply["output_exceeded"]), signal=reply.get("signal"))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            proc.kill()
+        with contextlib.suppress(Exception):
+            proc.wait(5)
+        for f in (proc.stdin, proc.stdout):
+            with contextlib.suppress(Exception):
+                if f:
+                    f.close()
+
+
+def _read_exact(f: object, n: int, deadline: float) -> bytes:
+    """Read exactly ``n`` bytes from a pipe before ``deadline`` (EOFError when it closes)."""
+    fd = f.fileno()  # type: ignore[attr-defined]
+    out = bytearray()
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no reply from the sandbox agent")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, n - len(out))
+        if not chunk:
+            raise EOFError("the sandbox agent exited")
+        out += chunk
+    return bytes(out)
 
 
 def _kill_group(proc: subprocess.Popen[bytes], uid: int | None) -> None:

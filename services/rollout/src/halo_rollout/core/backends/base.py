@@ -49,6 +49,9 @@ class RolloutBackend(Protocol):
     def load(self, model: str, adapter: str | None = None) -> None:
         """Load ``model`` (Hub id or local directory) plus an optional adapter directory."""
 
+    def encode(self, req: SampleRequest) -> list[int]:
+        """The prompt's token ids exactly as :meth:`generate` feeds them (chat template applied)."""
+
     def generate(self, requests: Sequence[SampleRequest], default: SampleParams | None = None) -> list[SampleResult]:
         """Sample every request (``default`` fills requests without ``params``); one result per request, in order."""
 
@@ -211,6 +214,7 @@ def assemble(prepared: Sequence[PreparedRequest], done: Mapping[tuple[int, int],
         SampleResult(
             index=p.index,
             prompt_num_tokens=len(p.prompt_ids),
+            prompt_token_ids=list(p.prompt_ids),
             seed=p.seed,
             completions=[done[(p.index, j)] for j in range(p.params.n)],
         )

@@ -20,6 +20,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,20 @@ def _import_mlx() -> tuple[Any, Any, Any]:
     except ImportError:
         raise Unprocessable(INSTALL_HINT, param="backend") from None
     return mx, tree_flatten, mlx_generate
+
+
+@dataclass
+class _Row:
+    """One sequence being decoded (request, sample index) and its output so far."""
+
+    req: PreparedRequest
+    sample: int
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    stopper: StopWatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stopper = StopWatcher(self.req.params.stop)
 
 
 class MLXBackend:
@@ -96,7 +111,8 @@ class MLXBackend:
         try:
             path = mlx_utils._download(model) if not Path(model).expanduser().is_dir() else Path(model).expanduser()
             mlx_adapter = adapter if adapter is not None and not is_peft_adapter(adapter) else None
-            net, tok = mlx_utils.load(str(path), adapter_path=mlx_adapter)
+            loaded = mlx_utils.load(str(path), adapter_path=mlx_adapter)
+            net, tok = loaded[0], loaded[1]
         except (OSError, ValueError, KeyError) as exc:
             raise Unprocessable(f"cannot load model {model!r} with mlx-lm: {exc}", param="model") from None
         if adapter is not None and is_peft_adapter(adapter):
@@ -161,15 +177,13 @@ class MLXBackend:
         mx = self.mx
         state = [mx.random.key(seed)]
         temp, top_p = params.temperature, params.top_p
-        apply_top_p = None
-        if top_p < 1.0:
-            from mlx_lm.sample_utils import apply_top_p
+        from mlx_lm.sample_utils import apply_top_p
 
         def sample(logprobs: Any) -> Any:
             state[0], sub = mx.random.split(state[0])
             scaled = logprobs.astype(mx.float32) * (1.0 / temp)
             scaled = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
-            if apply_top_p is not None:
+            if top_p < 1.0:
                 scaled = apply_top_p(scaled, top_p)
             return mx.random.categorical(scaled, key=sub)
 
@@ -197,10 +211,7 @@ class MLXBackend:
                     samplers.append(greedy if p.params.temperature == 0 else self._sampler(p.params, p.sample_seeds[j]))
                     keys.append((p, j))
             uids = gen.insert(prompts, max_tokens, samplers=samplers)
-            rows = {
-                uid: {"p": p, "j": j, "tokens": [], "lps": [], "stopper": StopWatcher(p.params.stop)}
-                for uid, (p, j) in zip(uids, keys, strict=True)
-            }
+            rows = {uid: _Row(p, j) for uid, (p, j) in zip(uids, keys, strict=True)}
             remaining = set(uids)
             while remaining:
                 responses = gen.next_generated()
@@ -211,11 +222,11 @@ class MLXBackend:
                     row = rows.get(r.uid)
                     if row is None or r.uid not in remaining:
                         continue
-                    row["tokens"].append(int(r.token))
-                    row["lps"].append(float(r.logprobs[r.token].item()))
+                    row.tokens.append(int(r.token))
+                    row.logprobs.append(float(r.logprobs[r.token].item()))
                     finish, stop = r.finish_reason, None
-                    if finish is None and row["stopper"].stops:
-                        hit = row["stopper"].check(tok.decode(row["tokens"], skip_special_tokens=True))
+                    if finish is None and row.stopper.stops:
+                        hit = row.stopper.check(tok.decode(row.tokens, skip_special_tokens=True))
                         if hit:
                             finish, stop = "stop", hit[1]
                             cut.append(r.uid)
@@ -230,14 +241,13 @@ class MLXBackend:
         finally:
             gen.close()
 
-    def _finish(self, row: dict[str, Any], finish: str, stop: str | None, done: dict[tuple[int, int], Completion]) -> None:
-        p: PreparedRequest = row["p"]
-        j: int = row["j"]
-        text = self.tokenizer.decode(row["tokens"], skip_special_tokens=True)
+    def _finish(self, row: _Row, finish: str, stop: str | None, done: dict[tuple[int, int], Completion]) -> None:
+        p, j = row.req, row.sample
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         if stop is not None:
             text = text[: text.find(stop)]
         done[(p.index, j)] = make_completion(
-            j, row["tokens"], text, "stop" if finish == "stop" else "length", stop, row["lps"], p.params.logprobs,
+            j, row.tokens, text, "stop" if finish == "stop" else "length", stop, row.logprobs, p.params.logprobs,
             p.sample_seeds[j] if p.params.temperature > 0 else None,
         )
 

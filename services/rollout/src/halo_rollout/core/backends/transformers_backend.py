@@ -87,13 +87,15 @@ class _Row:
 
     __slots__ = ("req", "sample", "params", "gen", "max_new", "tokens", "logprobs", "stop", "finish", "stopper")
 
-    def __init__(self, req: PreparedRequest, sample: int, device: torch.device) -> None:
+    def __init__(self, req: PreparedRequest, sample: int) -> None:
         self.req = req
         self.sample = sample
         self.params = req.params
         self.gen: torch.Generator | None = None
         if req.params.temperature > 0:
-            self.gen = torch.Generator(device=device)
+            # A CPU generator on every device: one cheap scalar draw per token, and the same seed
+            # gives the same uniforms on CUDA, MPS and CPU.
+            self.gen = torch.Generator()
             self.gen.manual_seed(req.sample_seeds[sample])
         self.max_new = req.params.max_new_tokens
         self.tokens: list[int] = []
@@ -160,7 +162,7 @@ class TransformersBackend:
         dtype = self.dtype or default_dtype(self.device)
         try:
             tok = AutoTokenizer.from_pretrained(model, trust_remote_code=self.trust_remote_code)
-            net = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=self.trust_remote_code)
+            net: Any = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=self.trust_remote_code)
         except (OSError, ValueError) as exc:
             raise Unprocessable(f"cannot load model {model!r}: {exc}", param="model") from None
         net.to(self.device)
@@ -267,7 +269,7 @@ class TransformersBackend:
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                     logits_to_keep=1)
         cache = out.past_key_values
-        rows = [_Row(p, j, dev) for p, samples in groups for j in samples]
+        rows = [_Row(p, j) for p, samples in groups for j in samples]
         expand = torch.tensor([i for i, (_, samples) in enumerate(groups) for _ in samples], device=dev)
         logits = out.logits[:, -1, :].float()[expand]
         if len(expand) != len(groups) or bool((expand != torch.arange(len(groups), device=dev)).any()):
@@ -282,11 +284,11 @@ class TransformersBackend:
         while True:
             tokens, token_lp = self._pick(logits, [rows[i] for i in active], temps, top_ps, sampled)
             keep: list[int] = []
-            for b, i in enumerate(active):
+            # One device->host copy per step (not one sync per row).
+            for b, (i, t, lp) in enumerate(zip(active, tokens.tolist(), token_lp.tolist(), strict=True)):
                 r = rows[i]
-                t = int(tokens[b])
                 r.tokens.append(t)
-                r.logprobs.append(float(token_lp[b]))
+                r.logprobs.append(lp)
                 if t in eos:
                     r.finish = "stop"
                 elif r.stopper.stops and (hit := r.stopper.check(tok.decode(r.tokens, skip_special_tokens=True))):
@@ -322,7 +324,7 @@ class TransformersBackend:
             idx = sampled.nonzero().squeeze(1)
             probs = torch.softmax(logits[idx] / temps[idx, None], dim=-1)
             # One uniform per sampled row from that row's own generator: reproducible per sample.
-            u = torch.stack([torch.rand((), generator=rows[int(i)].gen, device=logits.device) for i in idx])
+            u = torch.stack([torch.rand((), generator=rows[i].gen) for i in idx.tolist()]).to(logits.device)
             tp = top_ps[idx]
             if bool((tp < 1.0).any()):
                 sp, order = probs.sort(dim=-1, descending=True)
