@@ -28,7 +28,6 @@ from halo_gateway.settings import GatewaySettings
 from halo_registry.service import Registry
 from halo_registry.settings import RegistrySettings
 from halo_registry.testing import RunEmitter, loss_at
-from halo_schemas.registry import DatasetFingerprint, ReplayManifest
 
 pytestmark = pytest.mark.integration
 
@@ -239,17 +238,23 @@ def test_replay_prints_command_and_drift_and_guards_launch(machines, cli, tmp_pa
     sha, size = fingerprint(data)
     em = RunEmitter(spec={"name": "replayable", "seed": 7})
     marker = tmp_path / "relaunched.txt"
-    manifest = ReplayManifest(
-        run_id=em.run_id, job_type="sft", service="trainer-torch", spec=em.spec,
-        argv=[sys.executable, "-c", f"import pathlib; pathlib.Path({str(marker)!r}).write_text('again')"],
-        cwd=str(tmp_path), seeds={"seed": 7, "data_seed": 7},
-        datasets=[DatasetFingerprint(name="train", path="train.jsonl", sha256=sha, size_bytes=size)],
-        packages={"pydantic": importlib.metadata.version("pydantic"), "sqlalchemy": "0.0.1"},
-        backend="cpu", python=None,
-    )
+    # Exactly the shape trainer-torch's write_replay produces (no run_id; extra keys it keeps).
+    manifest = {
+        "method": "sft", "spec": em.spec,
+        "argv": [sys.executable, "-c", f"import pathlib; pathlib.Path({str(marker)!r}).write_text('again')"],
+        "seeds": {"seed": 7, "data_seed": 7},
+        "datasets": [{"location": "train.jsonl", "sha256": sha, "size_bytes": size, "records": 1, "kind": "file"},
+                     {"location": "org/some-hub-set", "sha256": "ab" * 32, "size_bytes": 10, "records": 5,
+                      "kind": "hub"}],
+        "data_format": "prompt-completion", "records": {"train": 1, "eval": 0},
+        "packages": {"pydantic": importlib.metadata.version("pydantic"), "sqlalchemy": "0.0.1",
+                     "surely-not-installed-pkg": "absent"},
+        "python": None, "platform": None, "backend": "cpu", "capabilities": {"bf16": True}, "resolved": {"dtype": "fp32"},
+        "cwd": str(tmp_path),
+    }
     run_dir = a.home / "runs" / em.run_id
     run_dir.mkdir(parents=True)
-    (run_dir / "replay.json").write_text(manifest.model_dump_json())
+    (run_dir / "replay.json").write_text(json.dumps(manifest))
     a.emit(em, finished_run(em, 3))
 
     code, out, err = cli(a, "replay", em.run_id)
@@ -257,7 +262,8 @@ def test_replay_prints_command_and_drift_and_guards_launch(machines, cli, tmp_pa
     assert f"cd {tmp_path} && {sys.executable} -c" in out and "seed=7" in out
     lines = {ln.split("│")[1].strip(): ln for ln in out.splitlines() if ln.count("│") >= 4}
     assert "ok" in lines["package:pydantic"] and "drift" in lines["package:sqlalchemy"]
-    assert "ok" in lines["dataset:train"] and "ok" in lines["backend"]
+    assert "ok" in lines["dataset:train.jsonl"] and "ok" in lines["backend"]
+    assert "ok" in lines["package:surely-not-installed-pkg"] and "info" in lines["dataset:org/some-hub-set"]
     assert "1 field(s) drifted" in out
 
     code, _, err = cli(a, "replay", em.run_id, "--launch")
@@ -269,7 +275,7 @@ def test_replay_prints_command_and_drift_and_guards_launch(machines, cli, tmp_pa
     data.write_text("changed\n")  # the dataset drifts too now
     code, out, _ = cli(a, "replay", em.run_id, "--json")
     report = json.loads(out)["drift"]
-    assert {i["field"] for i in report["items"] if i["status"] == "drift"} == {"package:sqlalchemy", "dataset:train"}
+    assert {i["field"] for i in report["items"] if i["status"] == "drift"} == {"package:sqlalchemy", "dataset:train.jsonl"}
 
     code, _, err = cli(a, "replay", "run-without-manifest")
     assert code == 1 and "has no replay manifest" in err

@@ -200,7 +200,11 @@ def test_hostile_code_through_the_gateway(stack: Stack) -> None:
     assert all(reasons[k] == "exit code 1" for k in ("alloc_10gb", "write_outside", "network"))
     assert not Path("/var/tmp/halo-it-pwned").exists()
     svc = psutil.Process(stack.service.pid)
-    assert [c for c in svc.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE] == []
+    # The service's children are only its warm sandboxes (root: bwrap and the agent inside);
+    # no process of a sandbox uid is left anywhere.
+    children = [c for c in svc.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+    assert {c.name() for c in children} <= {"bwrap", Path(os.path.realpath(sys.executable)).name}
+    assert all(c.uids().real == 0 for c in children)
     assert all(processes_of_uid(uid) == [] for uid in range(UID_BASE, UID_BASE + 64))
     # still serving, and the metrics saw all of it
     ok = httpx.post(f"{stack.gateway_url}/api/v1/verify", json={

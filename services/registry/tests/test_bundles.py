@@ -40,7 +40,7 @@ def make_source_run(store: RegistryStore) -> RunEmitter:
     (adapter / "adapter_config.json").write_text('{"r": 8}')
     (adapter / "sub" / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 64)
     (run_dir / "replay.json").write_text(ReplayManifest(
-        run_id=em.run_id, job_type="sft", spec=em.spec, argv=["halo-forge", "train", "sft"], backend="cuda",
+        run_id=em.run_id, method="sft", spec=em.spec, argv=["halo-forge", "train", "sft"], backend="cuda",
         packages={"torch": "2.13.0"}).model_dump_json())
     evs = [em.started(total_steps=30)]
     evs += [em.progressed(s, total_steps=30, loss=loss_at(s), power_watts=250.0 + s) for s in range(30)]
@@ -130,7 +130,7 @@ def test_tampered_member_is_refused(bundle_path: Path, other_store: RegistryStor
         if name == "metrics.jsonl":
             lines = data.decode().splitlines()
             rec = json.loads(lines[3])
-            rec["metrics"]["loss"] = 0.0001  # a nicer-looking curve
+            rec["loss"] = 0.0001  # a nicer-looking curve
             lines[3] = json.dumps(rec)
             return ("\n".join(lines) + "\n").encode()
         return data
@@ -201,3 +201,32 @@ def test_bundle_without_adapter(store: RegistryStore, other_store: RegistryStore
     assert b.files == 7
     other_store.import_bundle(RunImportRequest(path=b.path))
     assert other_store.get(em.run_id).artifacts == []
+
+
+def test_consistent_but_malformed_content_is_refused_by_line(bundle_path: Path, other_store: RegistryStore,
+                                                              tmp_path: Path) -> None:
+    """A bundle whose manifest was rewritten to match a broken member: the checksums pass, the
+    content check names the file and line."""
+    import hashlib
+
+    members: dict[str, bytes] = {}
+    with tarfile.open(bundle_path, "r:gz") as src:
+        for m in src.getmembers():
+            members[m.name] = src.extractfile(m).read()
+    lines = members["metrics.jsonl"].decode().splitlines()
+    lines[1] = '{"step": "two", "loss": 1.0}'
+    members["metrics.jsonl"] = ("\n".join(lines) + "\n").encode()
+    manifest = json.loads(members[MANIFEST])
+    for f in manifest["files"]:
+        f["sha256"] = hashlib.sha256(members[f["path"]]).hexdigest()
+        f["size_bytes"] = len(members[f["path"]])
+    members[MANIFEST] = json.dumps(manifest).encode()
+    crafted = tmp_path / "crafted.tar.gz"
+    with tarfile.open(crafted, "w:gz") as dst:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    with pytest.raises(BadRequest, match=r"metrics.jsonl:2: malformed line"):
+        other_store.import_bundle(RunImportRequest(path=str(crafted)))
+    assert other_store.search(RunSearch()).total == 0 and not other_store.run_dir("run-bundled01").exists()

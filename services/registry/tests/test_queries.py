@@ -292,3 +292,14 @@ def test_eval_record_upserts(populated: RegistryStore) -> None:
         populated.record_eval(req.model_copy(update={"run_id": "run-nope"}))
     with pytest.raises(ValidationError, match="finite"):
         EvalResultIn(task="t", metric="m", value=float("nan"))
+
+
+def test_text_and_model_filters_are_literal_substrings(store: RegistryStore) -> None:
+    for run_id, name, model in (("run-s1", "a_b", "org/x%y"), ("run-s2", "axb", "org/xzy"), ("run-s3", "A_B2", "ORG/X%Y")):
+        em = RunEmitter(run_id, base_model=model, spec={"name": name})
+        store.apply_events([em.started(), em.finished()])
+    assert sorted(ids(store.search(RunSearch(text="_b")))) == ["run-s1", "run-s3"]  # '_' is not a wildcard
+    assert sorted(ids(store.search(RunSearch(model="x%y")))) == ["run-s1", "run-s3"]  # nor is '%'; case ignored
+    assert ids(store.search(RunSearch(text="s2"))) == ["run-s2"]
+    page = store.search(RunSearch(text="run-s", limit=1, offset=5))
+    assert (page.items, page.total) == ([], 3)  # a page past the end still counts

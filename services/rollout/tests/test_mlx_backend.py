@@ -61,6 +61,13 @@ def test_mlx_greedy_matches_transformers(mlx_backend: MLXBackend, torch_backend:
     assert tokens(mlx_backend.generate(chat, GREEDY)) == tokens(torch_backend.generate(chat, GREEDY))
 
 
+def test_mlx_loads_the_tiny_qwen2_as_is_and_agrees_with_transformers(tiny_qwen2_dir: Path) -> None:
+    m, t = MLXBackend(), TransformersBackend()
+    m.load(str(tiny_qwen2_dir))
+    t.load(str(tiny_qwen2_dir))
+    assert tokens(m.generate(reqs(*PROMPTS), GREEDY)) == tokens(t.generate(reqs(*PROMPTS), GREEDY))
+
+
 def test_mlx_seeds_reproduce_whatever_else_is_in_the_batch(mlx_backend: MLXBackend) -> None:
     params = SampleParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=5)
     alone = mlx_backend.generate([SampleRequest(prompt="hello", params=params)])

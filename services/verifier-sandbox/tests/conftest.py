@@ -15,9 +15,11 @@ from halo_verifier_sandbox.core.toolchains import Toolchains
 
 
 @pytest.fixture(scope="session")
-def sandbox() -> Sandbox:
+def sandbox() -> Iterator[Sandbox]:
     """The strongest mechanism here; the tests need a real one (CI installs bubblewrap)."""
-    return Sandbox.detect()
+    sb = Sandbox.detect()
+    yield sb
+    sb.close()
 
 
 @pytest.fixture(scope="session")

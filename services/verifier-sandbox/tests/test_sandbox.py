@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,10 @@ def _make(mechanism: Mechanism, tmp_root: Path) -> Sandbox:
 
 
 @pytest.fixture(scope="module", params=[Mechanism.BWRAP, Mechanism.UNSHARE])
-def sb(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
-    return _make(request.param, tmp_path_factory.mktemp("sbx"))
+def sb(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    sandbox = _make(request.param, tmp_path_factory.mktemp("sbx"))
+    yield sandbox
+    sandbox.close()
 
 
 def py(sb: Sandbox, code: str, *, limits: SandboxLimits = SandboxLimits(wall_s=10), stdin: bytes = b""):
@@ -51,23 +54,28 @@ def test_no_network(sb: Sandbox) -> None:
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen()
-    srv.settimeout(5)
+    srv.settimeout(0.1)
     port = srv.getsockname()[1]
     got: list[int] = []
+    stop = threading.Event()
 
     def accept() -> None:
-        try:
-            srv.accept()
-            got.append(1)
-        except OSError:
-            pass
+        while not stop.is_set():
+            try:
+                srv.accept()[0].close()
+                got.append(1)
+            except OSError:
+                continue
 
     t = threading.Thread(target=accept)
     t.start()
     res, _ = py(sb, f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')")
-    srv.close()
+    stop.set()
     t.join()
+    srv.close()
     assert not res.ok and "connected" not in res.out() and got == []
+    # bwrap brings up a private loopback (refused); unshare leaves it down (unreachable)
+    assert "Connection refused" in res.err() or "Network is unreachable" in res.err()
     ifaces, _ = py(sb, "print(open('/proc/net/dev').read())")
     assert [ln.split(":")[0].strip() for ln in ifaces.out().splitlines()[2:] if ":" in ln] == ["lo"]
 
@@ -217,3 +225,37 @@ def test_unknown_mechanism_is_refused(tmp_path: Path) -> None:
 def test_detect_picks_bwrap_here(tmp_path: Path) -> None:
     assert Sandbox.detect(base_dir=tmp_path).mechanism == Mechanism.BWRAP
     assert sys.platform == "linux"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="warm sandboxes need a private uid (root)")
+def test_warm_sandbox_is_clean_between_workspaces(tmp_path: Path) -> None:
+    sb = Sandbox(Mechanism.BWRAP, base_dir=tmp_path, expose=PY.expose, uid_base=2_960_000, uid_count=1)
+    try:
+        assert sb.warm
+        leave = """
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+print(libc.shmget(424242, 4096, 0o1000 | 0o600), flush=True)   # IPC_CREAT: a SysV segment that outlives us
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(1000)                                        # a daemon in its own session
+    os._exit(0)
+"""
+        probe = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+others = [p for p in os.listdir('/proc') if p.isdigit() and os.stat('/proc/' + p).st_uid == os.getuid()
+          and int(p) != os.getpid()]
+print(libc.shmget(424242, 0, 0), others)
+"""
+        first, ws1 = py(sb, leave)
+        assert first.ok and int(first.out().split()[0]) >= 0
+        second, ws2 = py(sb, probe)
+        assert ws1.uid == ws2.uid and ws1.agent is ws2.agent  # same warm sandbox, next verification
+        assert second.out().strip() == "-1 []"  # segment removed, daemon killed
+        pids = sb.agent_pids()
+        assert len(pids) == 1
+    finally:
+        sb.close()
+    assert sb.agent_pids() == [] and not any(tmp_path.glob("slot-*"))

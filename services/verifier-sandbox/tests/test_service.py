@@ -186,9 +186,13 @@ async def test_hostile_code_is_contained_and_the_service_keeps_serving(nats_bus:
         assert by_id["stdout_100mb"].details["cases"][0]["reason"] == "output limit exceeded"
         # Nothing written, nothing connected, nothing left running.
         assert not target.exists() and connected == []
-        left = [c for c in me.children(recursive=True) if c.pid not in before and c.is_running()
+        # The only new processes are the warm sandboxes themselves (bwrap + the root agent inside).
+        agents = set(svc.engine.runtime.sandbox.agent_pids())  # type: ignore[union-attr]
+        agent_tree = agents | {c.pid for a in agents for c in psutil.Process(a).children(recursive=True)}
+        left = [c for c in me.children(recursive=True) if c.pid not in before | agent_tree and c.is_running()
                 and c.status() != psutil.STATUS_ZOMBIE]
         assert left == []
+        assert all(psutil.Process(p).uids().real == os.geteuid() for p in agent_tree)
         settings: VerifierSandboxSettings = svc.settings  # type: ignore[assignment]
         for uid in range(settings.uid_base, settings.uid_base + settings.uid_count):
             assert processes_of_uid(uid) == []

@@ -2,9 +2,10 @@
 report of this machine against the run's replay manifest; ``--launch`` runs the command again,
 refusing while anything drifted unless ``--force``.
 
-Drift is checked here, where the relaunch happens: package versions (installed distributions),
-the backend (``halo_common.backend.detect_backend``), and each dataset's sha256 and size (hashed
-with the ReplayManifest convention: file bytes; a directory as sorted ``<relpath> <sha256>`` lines).
+Drift is checked here, where the relaunch happens: package versions (installed distributions,
+``absent`` when not installed), the backend (``halo_common.backend.detect_backend``), and each local
+dataset's sha256 and size (the DatasetFingerprint convention: file bytes; a directory as sorted
+``<relpath> <sha256>`` lines). Hub datasets and the platform string are reported, not judged.
 """
 
 from __future__ import annotations
@@ -58,11 +59,11 @@ def _backend() -> str:
     return str(detect_backend())
 
 
-def drift_report(manifest: ReplayManifest) -> DriftReport:
+def drift_report(manifest: ReplayManifest, run_id: str) -> DriftReport:
     """Compare ``manifest`` with this machine, field by field."""
     items: list[DriftItem] = []
     for name, version in sorted(manifest.packages.items()):
-        cur = _installed(name)
+        cur = _installed(name) or "absent"
         items.append(DriftItem(field=f"package:{name}", recorded=version, current=cur,
                                status="ok" if cur == version else "drift"))
     cur_backend = _backend()
@@ -70,14 +71,19 @@ def drift_report(manifest: ReplayManifest) -> DriftReport:
                            status="ok" if cur_backend == manifest.backend else "drift"))
     base = Path(manifest.cwd) if manifest.cwd else Path.cwd()
     for ds in manifest.datasets:
-        path = Path(ds.path).expanduser()
-        path = path if path.is_absolute() else base / path
         recorded = f"sha256 {ds.sha256[:12]}… {ds.size_bytes} B"
+        if ds.kind != "file":  # a hub id: its content cannot be checked offline
+            items.append(DriftItem(field=f"dataset:{ds.location}", recorded=recorded, current="not checked (hub)",
+                                   status="info"))
+            continue
+        path = Path(ds.location).expanduser()
+        path = path if path.is_absolute() else base / path
         if not path.exists():
-            items.append(DriftItem(field=f"dataset:{ds.name}", recorded=recorded, current=None, status="drift"))
+            items.append(DriftItem(field=f"dataset:{ds.location}", recorded=recorded, current=None, status="drift"))
             continue
         sha, size = fingerprint(path)
-        items.append(DriftItem(field=f"dataset:{ds.name}", recorded=recorded, current=f"sha256 {sha[:12]}… {size} B",
+        items.append(DriftItem(field=f"dataset:{ds.location}", recorded=recorded,
+                               current=f"sha256 {sha[:12]}… {size} B",
                                status="ok" if (sha, size) == (ds.sha256, ds.size_bytes) else "drift"))
     if manifest.python:
         cur = platform.python_version()
@@ -88,7 +94,7 @@ def drift_report(manifest: ReplayManifest) -> DriftReport:
         cur = platform.platform()
         items.append(DriftItem(field="platform", recorded=manifest.platform, current=cur,
                                status="ok" if cur == manifest.platform else "info"))
-    return DriftReport(run_id=manifest.run_id, items=items, drifted=any(i.status == "drift" for i in items))
+    return DriftReport(run_id=run_id, items=items, drifted=any(i.status == "drift" for i in items))
 
 
 def replay(
@@ -100,7 +106,7 @@ def replay(
     """Print how to launch RUN again exactly, and what differs on this machine since it ran."""
     info = ReplayInfo.model_validate(GatewayClient.from_env().get(f"/api/v1/runs/{run_id}/replay"))
     m = info.manifest
-    report = drift_report(m)
+    report = drift_report(m, run_id)
     if as_json:
         print(f'{{"replay": {info.model_dump_json()}, "drift": {report.model_dump_json()}}}')
     else:
@@ -108,7 +114,7 @@ def replay(
         console.print(info.command, markup=False, highlight=False, soft_wrap=True)
         if m.seeds:
             console.print("[bold]seeds[/]: " + ", ".join(f"{k}={v}" for k, v in sorted(m.seeds.items())))
-        table = Table(title=f"drift since {m.created_at:%Y-%m-%d %H:%M} UTC")
+        table = Table(title=f"drift since {m.created_at:%Y-%m-%d %H:%M} UTC" if m.created_at else "drift report")
         for col in ("field", "recorded", "now", "status"):
             table.add_column(col, overflow="fold")
         style = {"ok": "green", "drift": "bold red", "info": "yellow"}

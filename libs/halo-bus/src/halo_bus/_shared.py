@@ -20,12 +20,14 @@ async def run_rpc_handler(
     handler: Handler, request_type: type[BaseModel], subject: str, data: bytes, headers: dict[str, str] | None
 ) -> tuple[bytes, dict[str, str]]:
     """Decode, call, encode. Any failure becomes micro error headers; nothing escapes."""
-    corr = {codec.CORRELATION_HEADER: (headers or {}).get(codec.CORRELATION_HEADER, "")}
+    # Echo the caller's correlation id only; a reply needs no id of its own.
+    cid = (headers or {}).get(codec.CORRELATION_HEADER)
+    corr = {codec.CORRELATION_HEADER: cid} if cid else {}
     with tracing.server_span(f"rpc {subject}", subject, headers):
         try:
             req = codec.decode(data, headers, request_type)
             reply = await handler(req)
-            return codec.encode(reply, corr)
+            return codec.encode(reply, corr, correlate=False)
         except HaloError as exc:
             return error_reply(exc, corr)
         except Exception as exc:  # a handler bug must not kill the service

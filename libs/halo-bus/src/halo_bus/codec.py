@@ -25,14 +25,15 @@ ERROR_PARAM_HEADER = "Halo-Error-Param"
 M = TypeVar("M", bound=BaseModel)
 
 
-def encode(msg: BaseModel, headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
-    """Payload bytes and headers (``Halo-Schema`` and a correlation id added) for ``msg``."""
+def encode(msg: BaseModel, headers: dict[str, str] | None = None, correlate: bool = True) -> tuple[bytes, dict[str, str]]:
+    """Payload bytes and headers for ``msg``: ``Halo-Schema``, plus a new correlation id unless
+    ``headers`` carry one or ``correlate`` is False (replies echo the request's instead)."""
     sid = getattr(type(msg), "schema_id", "")
     if not sid:
         raise TypeError(f"{type(msg).__name__} has no schema_id and cannot go on the bus")
     out = dict(headers or {})
     out[SCHEMA_HEADER] = sid
-    if CORRELATION_HEADER not in out:
+    if correlate and CORRELATION_HEADER not in out:
         out[CORRELATION_HEADER] = os.urandom(8).hex()  # cheap; uuid4 costs ~4x more per message
     return msg.model_dump_json().encode(), out
 

@@ -501,38 +501,44 @@ class RunImported(Message):
 
 # ---- reproducibility -------------------------------------------------------------------------
 class DatasetFingerprint(Message):
-    """A dataset a run read. ``sha256`` is of the file's bytes; for a directory, of the UTF-8 text
-    made of one ``<relative posix path> <file sha256>\\n`` line per file, sorted by path."""
+    """A dataset a run read, as trainer-torch records it. ``sha256`` is of the file's bytes (for a
+    local directory, of the UTF-8 text made of one ``<relative posix path> <file sha256>\\n`` line
+    per file, sorted by path)."""
 
-    name: str = Field(description="Role or name (train, eval, prompts…).")
-    path: str = Field(description="Path as the trainer read it.")
+    location: str = Field(description="Path (or hub id) as the trainer read it.")
     sha256: str = Field(description="Content hash (see class doc for directories).")
     size_bytes: int = Field(ge=0, description="Total size in bytes.")
+    records: int | None = Field(default=None, description="Records read from it.")
+    kind: str = Field(default="file", description="file (a local path, checked for drift) or hub (a hub dataset id).")
 
 
 class ReplayManifest(Message):
     """``replay.json`` in a run directory: everything needed to launch the run again exactly.
 
-    Trainers write it at start; the registry bundles it and serves it; ``halo-forge replay`` prints
-    ``argv`` and a drift report of ``packages``/``backend``/``datasets`` against this machine."""
+    The fields are those trainer-torch's ``write_replay`` writes (extra fields are kept by the
+    trainer and ignored here). The registry bundles and serves it; ``halo-forge replay`` prints
+    ``argv`` and a drift report of ``packages``/``backend``/``datasets`` against the machine."""
 
     schema_id = "halo.run.replay-manifest.v1"
 
-    run_id: str = Field(description="Run id.")
-    job_type: str = Field(description="Job type token (sft, dpo…).")
-    service: str = Field(default="", description="Service that ran it.")
-    spec_schema: str | None = Field(default=None, description="schema_id of the spec.")
+    run_id: str | None = Field(default=None, description="Run id (the run directory names it when absent).")
+    method: str = Field(description="Training method / job type (sft, dpo…).")
+    service: str | None = Field(default=None, description="Service that ran it.")
     spec: dict[str, Any] = Field(description="The validated job spec.")
     argv: list[str] = Field(min_length=1, description="The exact command that launches the run (argv[0] first).")
     cwd: str | None = Field(default=None, description="Working directory of the launch.")
-    env: dict[str, str] = Field(default_factory=dict, description="Environment variables the launch relies on (HALO_*, seeds…).")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables the launch relies on.")
     seeds: dict[str, int] = Field(default_factory=dict, description="Every seed the run used (seed, data_seed…).")
     datasets: list[DatasetFingerprint] = Field(default_factory=list, description="Datasets read, with hash and size.")
-    packages: dict[str, str] = Field(default_factory=dict, description="Distribution name -> version of the packages that matter.")
+    data_format: str | None = Field(default=None, description="Detected record format (chat, prompt-completion…).")
+    records: dict[str, int] = Field(default_factory=dict, description="Records per split (train, eval).")
+    packages: dict[str, str] = Field(default_factory=dict,
+                                     description="Distribution name -> version ('absent' when not installed).")
     backend: str = Field(description="Backend the run used (cuda, rocm, mps, mlx, cpu).")
     python: str | None = Field(default=None, description="Python version (platform.python_version()).")
     platform: str | None = Field(default=None, description="platform.platform() of the machine.")
-    created_at: datetime = Field(default_factory=utcnow, description="When the manifest was written (UTC).")
+    resolved: dict[str, Any] = Field(default_factory=dict, description="The spec's 'auto' values as resolved for the backend.")
+    created_at: datetime | None = Field(default=None, description="When the manifest was written (UTC), if recorded.")
 
 
 class ReplayInfo(Message):

@@ -131,7 +131,8 @@ class BusReporter(Reporter):
 
     async def close(self) -> None:
         """Publish everything queued, then stop."""
-        self._queue.put_nowait(None)
+        # Through the same thread-safe hand-off as the events, so the stop marker is queued after all of them.
+        self.loop.call_soon_threadsafe(self._queue.put_nowait, None)
         with contextlib.suppress(Exception):
             await self._pump
 

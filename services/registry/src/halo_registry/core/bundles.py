@@ -6,7 +6,7 @@ Members (all listed with sha256 and size in ``MANIFEST.json``, the first member)
     spec.json              the job spec
     training_summary.json  the trainer's summary
     replay.json            the replay manifest (when the run has one)
-    metrics.jsonl          one line per step: {"step": 12, "metrics": {"loss": 1.9, ...}}
+    metrics.jsonl          one line per step, as trainers write it: {"step": 12, "loss": 1.9, ...}
     power.jsonl            power samples {"step", "ts", "watts"} (keeps a measured cost measured)
     evals.json             evaluation results
     adapter/...            the adapter files (when asked and present)
@@ -91,12 +91,12 @@ def _metrics_jsonl(conn: Connection, pk: int) -> bytes:
     row: dict[str, float] = {}
     for s, name, value in conn.execute(q):
         if s != step and step is not None:
-            out.write(json.dumps({"step": step, "metrics": row}) + "\n")
+            out.write(json.dumps({"step": step, **row}, sort_keys=True) + "\n")
             row = {}
         step = s
         row[name] = value
     if step is not None:
-        out.write(json.dumps({"step": step, "metrics": row}) + "\n")
+        out.write(json.dumps({"step": step, **row}, sort_keys=True) + "\n")
     return out.getvalue().encode()
 
 
@@ -285,8 +285,8 @@ def _points(staging: Path) -> Iterator[tuple[int, str, float]]:
                 continue
             try:
                 rec = json.loads(line)
-                step = int(rec["step"])
-                for name, value in rec["metrics"].items():
+                step = int(rec.pop("step"))
+                for name, value in rec.items():
                     yield step, str(name), float(value)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise BadRequest(f"metrics.jsonl:{lineno}: malformed line ({type(exc).__name__}: {exc})",

@@ -162,17 +162,23 @@ def _all(conds: dict[str, list[ColumnElement[bool]]], *, without: str | None = N
 
 
 def search(db: Database, conn: Connection, req: RunSearch) -> RunsPage:
-    """One page of runs matching ``req``, its total, and facet counts when asked."""
+    """One page of runs matching ``req``, its total, and facet counts when asked.
+
+    Two steps: the page's primary keys (filter, sort, limit: narrow rows, often index-only), then
+    their summary rows. With a substring filter the total comes from the same scan
+    (``count(*) OVER ()``): the filter cannot use an index, so a second scan would double the cost."""
     desc = req.sort.startswith("-")
     field = req.sort.lstrip("+-")
     substring = bool(req.text or req.model)
     # Scan rather than walk an index when a substring filter is present (its matches can be
-    # anywhere) or when the order is not created_at, which every runs index ends with — unless
-    # a tag or evaluated-only filter already narrows the rows through its own index.
-    narrowed = bool(req.tag) or req.has_eval is True
-    t = _runs(db, substring or (not field.startswith("created_at") and not narrowed))
+    # anywhere) or when the order is not created_at, which every runs index ends with — unless a
+    # tag filter already narrows the rows through the tag index.
+    t = _runs(db, substring or (not field.startswith("created_at") and not req.tag))
     conds = _conditions(db, t, req)
-    query = select(*(t.c[col.name] for col in SUMMARY_COLUMNS)).where(_all(conds))
+    cols: list[Any] = [t.c.pk]
+    if substring:
+        cols.append(func.count().over().label("total"))
+    query = select(*cols).where(_all(conds))
     if field.startswith("metric."):
         ids = db.name_ids(conn, [field[len("metric."):]], create=False)
         nid = next(iter(ids.values()), -1)
@@ -184,11 +190,17 @@ def search(db: Database, conn: Connection, req: RunSearch) -> RunsPage:
     order = [(key.desc() if desc else key.asc()).nulls_last()]
     if field != "run_id":
         order.append(t.c.run_id.desc() if desc else t.c.run_id.asc())
-    rows = conn.execute(query.order_by(*order).limit(req.limit).offset(req.offset)).all()
-    ct = _runs(db, substring)  # counting equality filters is an index-only scan: keep the index
-    total = conn.scalar(select(func.count()).select_from(ct).where(_all(_conditions(db, ct, req)))) or 0
+    hits = conn.execute(query.order_by(*order).limit(req.limit).offset(req.offset)).all()
+    if substring and hits:
+        total = hits[0].total
+    else:
+        ct = _runs(db, substring)  # counting equality filters is an index-only scan: keep the index
+        total = conn.scalar(select(func.count()).select_from(ct).where(_all(_conditions(db, ct, req)))) or 0
+    pks = [h.pk for h in hits]
+    found = {r.pk: r for r in conn.execute(select(*SUMMARY_COLUMNS).where(runs.c.pk.in_(pks)))} if pks else {}
     facets = _facets(db, conn, req) if req.facets else {}
-    return RunsPage(items=summaries(conn, rows), total=total, limit=req.limit, offset=req.offset, facets=facets)
+    return RunsPage(items=summaries(conn, [found[pk] for pk in pks]), total=total, limit=req.limit,
+                    offset=req.offset, facets=facets)
 
 
 def _facets(db: Database, conn: Connection, req: RunSearch) -> dict[str, list[FacetCount]]:

@@ -32,6 +32,6 @@ def load_replay(run_id: str, run_dir: Path) -> ReplayInfo:
         manifest = ReplayManifest.model_validate_json(path.read_bytes())
     except ValidationError as exc:
         raise Unprocessable(describe_validation_error(exc, what=str(path)), param="run_id") from None
-    if manifest.run_id != run_id:
+    if manifest.run_id is not None and manifest.run_id != run_id:
         raise Unprocessable(f"{path} is the manifest of {manifest.run_id!r}, not {run_id!r}", param="run_id")
     return ReplayInfo(run_id=run_id, manifest=manifest, command=launch_command(manifest), run_dir=str(run_dir))

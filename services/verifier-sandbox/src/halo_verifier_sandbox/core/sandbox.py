@@ -509,12 +509,18 @@ class Sandbox:
                 self._agents[uid] = agent
             return agent
 
+    def agent_pids(self) -> list[int]:
+        """Process ids of the running warm sandboxes (their outer bwrap processes)."""
+        with self._agents_lock:
+            return [a.proc.pid for a in self._agents.values() if a.proc is not None and a.alive()]
+
     def close(self) -> None:
         """Stop the warm sandboxes (they also die with this process)."""
         with self._agents_lock:
             agents, self._agents = list(self._agents.values()), {}
         for a in agents:
             a.close()
+            shutil.rmtree(a.slot_dir, ignore_errors=True)
 
     # ---- running ----------------------------------------------------------------------------------
     def environment(self, ws: Workspace, extra: Mapping[str, str] | None) -> dict[str, str]:

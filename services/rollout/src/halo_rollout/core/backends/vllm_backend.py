@@ -74,14 +74,17 @@ class VLLMBackend:
         enable_prefix_caching: bool = True,
         seed: int = 0,
         max_batch_size: int = 256,
+        max_logprobs: int = 20,
     ) -> None:
         self.vllm = import_vllm()
+        self.max_logprobs = max_logprobs
         self.kwargs: dict[str, Any] = {
             "gpu_memory_utilization": gpu_memory_utilization,
             "dtype": dtype,
             "enable_prefix_caching": enable_prefix_caching,
             "seed": seed,
             "max_num_seqs": max_batch_size,
+            "max_logprobs": max_logprobs,
         }
         if max_model_len:
             self.kwargs["max_model_len"] = max_model_len
@@ -209,11 +212,12 @@ class VLLMBackend:
             return assemble(prepared, done)
 
     def next_token_logprobs(self, token_ids: Sequence[int]) -> Any:
+        """The top ``max_logprobs`` next-token log-probs (vLLM reports no more); the others are -inf."""
         import numpy as np
 
         self._require_model()
         vocab = int(getattr(self.llm.llm_engine.model_config.hf_config, "vocab_size", 0) or len(self.tokenizer))
-        sp = self.vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=vocab)
+        sp = self.vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=min(vocab, self.max_logprobs))
         out = self.llm.generate([{"prompt_token_ids": list(token_ids)}], sp, lora_request=self.lora_request,
                                 use_tqdm=False)[0].outputs[0]
         lp = np.full(vocab, -np.inf, dtype=np.float32)
@@ -256,10 +260,16 @@ class VLLMBackend:
             return self._version
 
     def _runner_model(self) -> Any:
-        executor = self.llm.llm_engine.model_executor
-        worker = executor.driver_worker
-        for path in (("model_runner", "model"), ("worker", "model_runner", "model")):
-            obj: Any = worker
+        """The engine's torch model, when the engine runs in this process (the layout differs across
+        vLLM versions: try the known paths)."""
+        engine = self.llm.llm_engine
+        paths = (
+            ("model_executor", "driver_worker", "model_runner", "model"),
+            ("model_executor", "driver_worker", "worker", "model_runner", "model"),
+            ("engine_core", "engine_core", "model_executor", "driver_worker", "worker", "model_runner", "model"),
+        )
+        for path in paths:
+            obj: Any = engine
             try:
                 for attr in path:
                     obj = getattr(obj, attr)
@@ -267,17 +277,27 @@ class VLLMBackend:
             except AttributeError:
                 continue
         raise Unprocessable(
-            "cannot reach vLLM's model runner for an in-place weight update (needs the in-process engine: "
-            "VLLM_ENABLE_V1_MULTIPROCESSING=0); pass an adapter or model directory instead", param="source")
+            "cannot reach vLLM's model runner in this process (set VLLM_ENABLE_V1_MULTIPROCESSING=0 before loading)",
+            param="source")
 
     def _push(self, items: Any) -> None:
-        model = self._runner_model()
+        try:
+            model = self._runner_model()
+        except Unprocessable:
+            # The engine runs in worker processes: ship the tensors to every worker through vLLM's RPC.
+            self.llm.collective_rpc(_load_weights_on_worker, args=(list(items),))
+            return
         for name, tensor in items:
             model.load_weights([(name, tensor)])
 
     def _require_model(self) -> None:
         if self.llm is None:
             raise Unprocessable("no model loaded: call load() first", param="model")
+
+
+def _load_weights_on_worker(worker: Any, weights: list[tuple[str, Any]]) -> None:
+    """Runs inside each vLLM worker (``LLM.collective_rpc``): load the pushed tensors into its model."""
+    worker.model_runner.model.load_weights(weights)
 
 
 def _token_logprobs(o: Any) -> list[float] | None:
