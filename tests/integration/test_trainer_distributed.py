@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from halo_schemas.jobs import JobState
 from halo_trainer_torch.core.components.hooks import JobControl, Reporter
 from halo_trainer_torch.core.runner import run_job

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from halo_bus import NatsBus, subjects
 from halo_common.ids import new_id
 from halo_common.natsproc import NatsProcess
@@ -43,11 +42,11 @@ def start_trainer(home: Path, nats_url: str, log: Path) -> subprocess.Popen[byte
                                 env=env, start_new_session=True)
 
 
-async def wait_healthy(bus: NatsBus, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_healthy(bus: NatsBus, proc: subprocess.Popen[bytes], log: Path, within_s: float = 90) -> None:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"trainer exited: {log.read_text()[-2000:]}")
+            raise AssertionError(f"trainer exited; see {log}")
         try:
             await bus.request(subjects.rpc("trainer-torch", "health"), HealthRequest(), ServiceHealth, timeout=1)
             return
@@ -56,14 +55,14 @@ async def wait_healthy(bus: NatsBus, proc: subprocess.Popen[bytes], log: Path, t
     raise AssertionError("trainer did not become healthy")
 
 
-async def wait_event(bus: NatsBus, run_id: str, pred: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
+async def wait_event(bus: NatsBus, run_id: str, pred: Any, within_s: float) -> Any:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         for rec in await bus.replay(subjects.run_events_filter(run_id)):
             if pred(rec.message):
                 return rec.message
         await asyncio.sleep(0.2)
-    raise AssertionError(f"event not seen for {run_id} within {timeout}s")
+    raise AssertionError(f"event not seen for {run_id} within {within_s}s")
 
 
 async def test_kill_9_mid_job_resumes_from_checkpoint(tmp_path: Path) -> None:
@@ -88,7 +87,7 @@ async def test_kill_9_mid_job_resumes_from_checkpoint(tmp_path: Path) -> None:
                              JobEnvelope(job_id=job_id, run_id=run_id, job_type="sft", spec_schema=SFTSpec.schema_id,
                                          spec=spec.model_dump(mode="json")), msg_id=job_id)
 
-        ckpt = await wait_event(bus, run_id, lambda m: isinstance(m, RunCheckpointed) and m.step >= 20, timeout=120)
+        ckpt = await wait_event(bus, run_id, lambda m: isinstance(m, RunCheckpointed) and m.step >= 20, within_s=120)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)
         killed_at = ckpt.step
@@ -97,7 +96,7 @@ async def test_kill_9_mid_job_resumes_from_checkpoint(tmp_path: Path) -> None:
 
         second = start_trainer(home, nats.url, tmp_path / "trainer2.log")
         procs.append(second)
-        finished = await wait_event(bus, run_id, lambda m: isinstance(m, RunFinished), timeout=180)
+        finished = await wait_event(bus, run_id, lambda m: isinstance(m, RunFinished), within_s=180)
         assert finished.state == JobState.SUCCEEDED, (finished.error, (tmp_path / "trainer2.log").read_text()[-3000:])
 
         summary = finished.summary

@@ -148,3 +148,21 @@ def test_finished_with_a_non_terminal_state_still_records(store: RegistryStore, 
     em = RunEmitter()
     store.apply_events([em.started(), em.finished(bad_state)])
     assert store.summary(em.run_id).status.value == bad_state
+
+
+def test_unstorable_values_are_skipped_not_fatal(store: RegistryStore) -> None:
+    em = RunEmitter(method="m" * 300, backend="b" * 50, spec={"name": "n" * 500, "tags": ["t" * 100]})
+    evs = [em.started(),
+           em.progressed(0, loss=1.0, grad_norm=float("nan"), **{"x" * 200: 1.0}),
+           em.progressed(1, loss=float("inf"), power_watts=float("nan")),
+           em.progressed(2, loss=0.5),
+           em.artifact("/tmp/a", kind="k" * 40, format="f" * 40),
+           em.finished()]
+    stats = store.apply_events(evs)
+    assert (stats.points, stats.skipped_points) == (2, 4)
+    d = store.get(em.run_id)
+    assert (d.run.method, d.run.backend, d.run.name, d.run.tags) == ("m" * 64, "b" * 32, "n" * 200, ["t" * 64])
+    assert [m.name for m in d.metrics] == ["loss"] and d.metrics[0].points == 2
+    assert (d.artifacts[0].kind, d.artifacts[0].format) == ("k" * 32, "f" * 32)
+    long_id = RunEmitter("r" * 129)
+    assert store.apply_events([long_id.started()]).ignored == 1

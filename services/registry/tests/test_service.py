@@ -125,13 +125,13 @@ async def test_a_restarted_service_resumes_its_durable_position(registry_db: Reg
     await publish(bus, em, [em.progressed(s, loss=1.0) for s in range(10, 20)] + [em.finished()])
     second = Registry(settings, bus)
     await second.start()
-    await wait_for(lambda: _last_step(client, em.run_id, 19))
+    await wait_for(lambda: _last_step(client, em.run_id, 19, status="succeeded"))
     # The restarted instance only read what it had not seen.
     assert second.ingest.totals.events == 11
     await second.stop()
     await bus.close()
 
 
-async def _last_step(client: RegistryClient, run_id: str, step: int) -> bool:
+async def _last_step(client: RegistryClient, run_id: str, step: int, status: str = "running") -> bool:
     page = await client.search(RunSearch(text=run_id))
-    return bool(page.items) and page.items[0].last_step == step
+    return bool(page.items) and page.items[0].last_step == step and page.items[0].status.value == status

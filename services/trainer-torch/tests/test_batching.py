@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
-
 from halo_trainer_torch.core.components.batching import IGNORE, SFTCollator, build_sft_dataset
+from transformers import AutoModelForCausalLM
 
 
 def test_packed_rows_have_per_record_positions_and_masked_starts() -> None:

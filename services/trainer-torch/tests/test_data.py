@@ -8,7 +8,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from halo_schemas.training import DataSpec
 from halo_trainer_torch.core.components.data import DataError, load_training_data, split_preference
 

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from halo_trainer_torch.core.components.losses import bradley_terry_loss, dpo_loss, log1mexp, orpo_loss
 
 # Two pairs of (policy chosen, policy rejected, ref chosen, ref rejected) sequence log-probs.

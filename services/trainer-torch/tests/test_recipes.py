@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from halo_schemas.jobs import JobState
 from halo_trainer_torch.core.components.hooks import JobControl, Reporter
 from halo_trainer_torch.core.components.reward_verifier import RewardModelVerifier
 from halo_trainer_torch.core.components.rundir import RunDir
 from halo_trainer_torch.core.runner import Preempted, run_job
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .conftest import ANIMALS, HELD_OUT, write_jsonl
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from halo_bus import InMemoryBus, subjects
 from halo_gateway.app import create_app
 from halo_gateway.settings import GatewaySettings
@@ -76,6 +75,11 @@ async def test_sft_job_end_to_end_over_the_bus(gateway: httpx.AsyncClient, train
     assert [j["job_id"] for j in listed] == [job_id]
     run_dir = trainer.tsettings.paths.run_dir(run_id)
     assert json.loads((run_dir / "training_summary.json").read_text())["state"] == "succeeded"
+    meters = trainer.meters
+    assert meters.steps.labels("sft")._value.get() == 6
+    assert meters.tokens.labels("sft")._value.get() == finished["summary"]["tokens"]
+    assert meters.jobs.labels("sft", "succeeded")._value.get() == 1
+    assert meters.checkpoints.labels("sft")._value.get() == 2 and meters.running._value.get() == 0
     # Each event carries a msg_id for dedup: republishing one is dropped.
     before = len(await memory_bus.replay(subjects.run_events_filter(run_id)))
     await memory_bus.publish_event(subjects.run_event("trainer-torch", run_id, "finished"),
@@ -127,8 +131,8 @@ async def test_preview_renders_trained_and_masked_tokens(gateway: httpx.AsyncCli
     assert [s["trained"] for s in result["samples"][0]["segments"]] == [False, True, False]
 
 
-async def _wait_for(memory_bus: InMemoryBus, run_id: str, kind: type, timeout: float = 60) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _wait_for(memory_bus: InMemoryBus, run_id: str, kind: type, within_s: float = 60) -> Any:
+    deadline = asyncio.get_running_loop().time() + within_s
     while asyncio.get_running_loop().time() < deadline:
         for rec in await memory_bus.replay(subjects.run_events_filter(run_id)):
             if isinstance(rec.message, kind):

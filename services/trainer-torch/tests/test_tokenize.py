@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
-
 from halo_schemas.training import DataSpec, SFTSpec
 from halo_trainer_torch.core.components.data import load_training_data
 from halo_trainer_torch.core.components.tokenize import IGNORE, PreferenceEncoder, SFTEncoder, has_generation_markers
 from halo_trainer_torch.core.preview import preview_job
 from halo_trainer_torch.core.recipes import sft as sft_recipe
+from transformers import AutoTokenizer
 
 CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Cow?"},
         {"role": "assistant", "content": "Moo."}, {"role": "user", "content": "Dog?"},

@@ -71,7 +71,7 @@ def test_humaneval_continuation_full_and_partial(engine: VerifierEngine) -> None
     body = "    return max(0, a + b)\n"
     ok = run(engine, "humaneval", body, ctx)
     assert (ok.reward, ok.details["total"], ok.details["mode"]) == (1.0, 5, "continuation")
-    full = run(engine, "humaneval", f"```python\ndef add_pos(a, b):\n    return max(0, a + b)\n```", ctx)
+    full = run(engine, "humaneval", "```python\ndef add_pos(a, b):\n    return max(0, a + b)\n```", ctx)
     assert full.reward == 1.0 and full.details["mode"] == "full"
     wrong = run(engine, "humaneval", "    return a + b\n", ctx)  # fails only the negative case
     assert wrong.details["passed"] == 4 and wrong.reward == pytest.approx(0.5 + 0.5 * 4 / 5)
@@ -113,7 +113,10 @@ def verify(completion, context):
 """
     ctx = VerifyContext(metadata={"words": ["alpha", "beta", "gamma", "delta"]})
     r = run(engine, "custom", "alpha and gamma", ctx, source=source)
-    assert r.reward == 0.5 and r.details["hits"] == 2 and r.stage == VerifyStage.SCORED
+    assert r.reward == 0.5 and r.details["hits"] == 2 and r.stage == VerifyStage.SCORED and not r.success
+    full = run(engine, "custom", "delta gamma beta alpha", ctx, source=source)
+    assert full.reward == 1.0 and full.success
+    assert run(engine, "custom", "none of them", ctx, source=source).reward == 0.0
     assert r.details["uid"] != 0  # it ran as the sandbox's private uid
     boom = run(engine, "custom", "x", ctx, source="def verify(c, ctx):\n    raise KeyError('nope')\n")
     assert boom.error_type == "custom_error" and "KeyError" in (boom.error or "")

@@ -50,6 +50,17 @@ def test_runs_code_and_passes_stdin(sb: Sandbox) -> None:
     assert res.ok and res.out() == "HELLO\n" and res.mechanism == sb.mechanism.value
 
 
+def test_large_stdin_and_output_round_trip(sb: Sandbox) -> None:
+    data = bytes(range(256)) * 12_000  # ~3 MB through the sandbox's pipes (and the warm agent's protocol)
+    with sb.workspace() as ws:
+        res = ws.run(["sha256sum"], stdin=data)
+        echoed = ws.run(["cat"], stdin=data[:500_000])
+    import hashlib
+
+    assert res.ok and res.out().split()[0] == hashlib.sha256(data).hexdigest()
+    assert echoed.ok and echoed.stdout == data[:500_000]
+
+
 def test_no_network(sb: Sandbox) -> None:
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))

@@ -14,10 +14,10 @@ import os
 from typing import Any
 
 import typer
+from halo_common.errors import HaloError
 from rich.console import Console
 from rich.table import Table
 
-from halo_common.errors import HaloError
 from halo_forge.client import GatewayClient
 
 console = Console()

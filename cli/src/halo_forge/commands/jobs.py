@@ -97,6 +97,7 @@ def cancel_job(job_id: str = typer.Argument(..., help="Job id (job-…).")) -> N
 def follow_job(job_id: str = typer.Argument(..., help="Job id (job-…).")) -> None:
     """Attach to a job's live progress (history first) until it ends."""
     from halo_common.errors import HaloError
+
     from halo_forge.commands.train import follow_run
 
     client = GatewayClient.from_env()

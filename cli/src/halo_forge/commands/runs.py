@@ -106,8 +106,10 @@ def list_runs(
     if as_json:
         _json(page)
         return
-    table = Table(title=f"runs {page['offset'] + 1 if page['items'] else 0}-{page['offset'] + len(page['items'])} "
-                        f"of {page['total']}")
+    if not page["items"]:
+        console.print(f"no runs on this page ({page['total']} match)" if page["total"] else "no runs match")
+        return
+    table = Table(title=f"runs {page['offset'] + 1}-{page['offset'] + len(page['items'])} of {page['total']}")
     for col in ("run", "name", "method", "model", "backend", "status", "steps", "last", "duration", "tags", "created"):
         table.add_column(col, overflow="fold")
     for r in page["items"]:
@@ -232,7 +234,7 @@ def compare(
         _json(cmp)
         return
     runs = cmp["runs"]
-    t = Table(title=f"{len(runs)} runs")
+    t = Table(title=f"{len(runs)} run{'s' if len(runs) != 1 else ''}")
     t.add_column("")
     for r in runs:
         t.add_column(_short(r), overflow="fold")

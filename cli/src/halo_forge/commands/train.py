@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from halo_common.errors import BadRequest, HaloError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from halo_common.errors import BadRequest, HaloError
 from halo_forge.client import GatewayClient
 
 console = Console()
@@ -202,7 +202,7 @@ def follow_run(client: GatewayClient, run_id: str, *, job_id: str | None = None,
                         progress.update(task, completed=steps)
                     break
     except KeyboardInterrupt:
-        console.print(f"\nstopped following; the job keeps running"
+        console.print("\nstopped following; the job keeps running"
                       + (f" (cancel it with [bold]halo-forge jobs cancel {job_id}[/])" if job_id else ""))
         raise typer.Exit(130) from None
     if not quiet:

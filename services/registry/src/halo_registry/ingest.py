@@ -10,6 +10,9 @@ ingest is idempotent. One event that keeps failing is retried alone, then given 
 transaction (~10x slower); batching needs the raw pull consumer, so on NATS the worker uses the
 bus's JetStream context directly. On any other bus (the in-memory one in unit tests) it falls back
 to ``subscribe_events`` with the same durable name and one event per transaction.
+
+A database that is away (PostgreSQL restarting, SQLite locked) is waited for: the batch in hand is
+retried with backoff while its lease is extended, and nothing is given up.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from nats.js import api as jsapi
 from nats.js.errors import BadRequestError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from sqlalchemy import exc as sa_exc
 
 from halo_bus import Bus, EventRecord, NatsBus, Subscription, codec, subjects
 from halo_registry.core.ingest import IngestStats
@@ -32,6 +36,9 @@ from halo_registry.settings import RegistrySettings
 from halo_schemas.events import RunEvent
 
 log = logging.getLogger("halo_registry.ingest")
+
+#: Database errors that say "not now" rather than "never": retried, never counted against an event.
+TRANSIENT = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
 
 _EVENT_LABEL = {"RunStarted": "started", "RunProgressed": "progressed", "RunCheckpointed": "checkpointed",
                 "RunArtifactAdded": "artifact-added", "RunFinished": "finished"}
@@ -173,18 +180,37 @@ class IngestWorker(Subscription):
         return good
 
     async def _commit(self, good: list[tuple[Any, RunEvent]]) -> None:
-        try:
-            await self._apply([ev for _, ev in good])
-        except Exception:
-            log.exception("applying a batch of %d events failed; retrying them one by one", len(good))
-            await self._one_by_one(good)
-            return
+        events = [ev for _, ev in good]
+        delay = 0.2
+        while True:
+            try:
+                await self._apply(events)
+                break
+            except TRANSIENT as exc:
+                # The database is away (or locked): keep the batch leased and retry; giving events
+                # up, or letting them count deliveries towards max_deliver, would lose data.
+                if self._stopping.is_set():
+                    await self._nak([m for m, _ in good])
+                    return
+                log.warning("database unavailable (%s); retrying %d events in %.1fs", exc.orig, len(good), delay)
+                for m, _ in good:
+                    with contextlib.suppress(Exception):
+                        await m.in_progress()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception:
+                log.exception("applying a batch of %d events failed; retrying them one by one", len(good))
+                await self._one_by_one(good)
+                return
         await self._ack([m for m, _ in good])
 
     async def _one_by_one(self, good: list[tuple[Any, RunEvent]]) -> None:
         for m, ev in good:
             try:
                 await self._apply([ev])
+            except TRANSIENT:
+                await self._nak([m])
+                continue
             except Exception as exc:
                 if m.metadata.num_delivered >= self.settings.ingest_max_deliver:
                     log.error("giving up event %s seq %s of %s after %d deliveries: %s", m.subject, ev.seq, ev.run_id,
@@ -193,10 +219,14 @@ class IngestWorker(Subscription):
                     with contextlib.suppress(Exception):
                         await m.term()
                 else:
-                    with contextlib.suppress(Exception):
-                        await m.nak(delay=1.0)
+                    await self._nak([m])
                 continue
             await self._ack([m])
+
+    async def _nak(self, msgs: Sequence[Any]) -> None:
+        for m in msgs:
+            with contextlib.suppress(Exception):
+                await m.nak(delay=1.0)
 
     async def _ack(self, msgs: Sequence[Any]) -> None:
         """Ack after commit. A crash before the acks reach the server only causes redelivery."""

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy import exc as sa_exc
 from prometheus_client.core import GaugeMetricFamily
 
+from halo_common.errors import Unavailable
 from halo_registry import __version__, handlers
 from halo_registry.core.store import CostConfig, RegistryStore
 from halo_registry.ingest import IngestMetrics, IngestWorker
@@ -51,8 +54,7 @@ class Registry(Service):
     async def setup(self) -> None:
         s: RegistrySettings = self.settings  # type: ignore[assignment]
         costs = CostConfig(price_per_kwh=s.price_per_kwh, currency=s.currency, nominal_watts=s.nominal_watts)
-        self.store = await asyncio.to_thread(RegistryStore.open, s.database_url, s.home, costs=costs,
-                                             version=__version__)
+        self.store = await self._open_store(s, costs)
         metrics_registry = self.telemetry.registry if self.telemetry else CollectorRegistry()
         metrics_registry.register(_RunsGauge(self.store))
         for verb, handler, request_type in handlers.endpoints(self.store):
@@ -60,6 +62,22 @@ class Registry(Service):
         self.ingest = await IngestWorker(self.store, self.bus, s, IngestMetrics(metrics_registry)).start()
         await self.track(self.ingest)
         log.info("registry database: %s", self.store.db.engine.url.render_as_string(hide_password=True))
+
+    async def _open_store(self, s: RegistrySettings, costs: CostConfig) -> RegistryStore:
+        """Open and migrate the database, waiting (with backoff) up to ``db_connect_timeout_s`` for
+        one that is not reachable yet (PostgreSQL starting next to us)."""
+        deadline = time.monotonic() + s.db_connect_timeout_s
+        delay = 0.25
+        while True:
+            try:
+                return await asyncio.to_thread(RegistryStore.open, s.database_url, s.home, costs=costs,
+                                               version=__version__)
+            except sa_exc.OperationalError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise Unavailable(f"database unreachable: {exc.orig}", param="HALO_DATABASE_URL") from None
+                log.warning("database not reachable yet (%s); retrying in %.1fs", exc.orig, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 3.0)
 
     def checks(self) -> dict[str, str]:
         try:

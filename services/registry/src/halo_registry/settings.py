@@ -25,6 +25,8 @@ class RegistrySettings(HaloSettings):
                                      description="Seconds before an unacknowledged event is delivered again.")
     ingest_max_deliver: int = Field(default=10, ge=1,
                                     description="Deliveries of an event that keeps failing before it is given up.")
+    db_connect_timeout_s: float = Field(default=30.0, ge=0,
+                                        description="How long start-up waits for an unreachable database.")
 
     @field_validator("nominal_watts")
     @classmethod
@@ -33,3 +35,10 @@ class RegistrySettings(HaloSettings):
         if bad:
             raise ValueError(f"nominal watts must be >= 0 (backend {', '.join(bad)})")
         return {**DEFAULT_NOMINAL_WATTS, **v}
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_supported(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("sqlite:", "postgres://", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError(f"must be sqlite:///… or postgresql://…, not {url.split('://')[0]}://…")
+        return url

@@ -19,14 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from halo_bus import Bus, subjects
 from halo_common.backend import detect_backend
 from halo_schemas.base import utcnow
 from halo_schemas.events import RunArtifactAdded, RunCheckpointed, RunFinished, RunProgressed, RunStarted
 from halo_schemas.jobs import JobEnvelope, JobState, JobStatus
 from halo_schemas.training import TrainingSummary
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import BaseModel
+
 from halo_trainer_torch.core.components.hooks import JobControl, Reporter
 from halo_trainer_torch.core.runner import SERVICE, Preempted, run_job
 
@@ -60,12 +61,27 @@ async def last_seq(bus: Bus, run_id: str) -> int:
     return max((int(getattr(r.message, "seq", -1)) for r in records), default=-1)
 
 
+class Meters:
+    """The service's Prometheus metrics (docs/metrics.md, trainer-torch section)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry or CollectorRegistry()
+        self.jobs = Counter("halo_trainer_jobs_total", "Training jobs ended, by outcome", ["method", "outcome"],
+                            registry=registry)
+        self.running = Gauge("halo_trainer_jobs_running", "Training jobs running in this process", registry=registry)
+        self.steps = Counter("halo_trainer_optimizer_steps_total", "Optimizer steps completed", ["method"],
+                             registry=registry)
+        self.tokens = Counter("halo_trainer_tokens_total", "Non-padding tokens trained", ["method"], registry=registry)
+        self.checkpoints = Counter("halo_trainer_checkpoints_total", "Complete checkpoints written", ["method"],
+                                   registry=registry)
+
+
 class BusReporter(Reporter):
     """Turns recipe callbacks (from any thread) into ordered run events on the bus."""
 
     def __init__(self, bus: Bus, loop: asyncio.AbstractEventLoop, *, run_id: str, job_id: str, method: str,
                  spec: dict[str, Any], base_model: str | None, backend: str | None, first_seq: int,
-                 on_status: Callable[[dict[str, Any]], None]) -> None:
+                 on_status: Callable[[dict[str, Any]], None], meters: Meters | None = None) -> None:
         self.bus, self.loop = bus, loop
         self.run_id, self.job_id, self.method = run_id, job_id, method
         self.spec, self.base_model, self.backend = spec, base_model, backend
@@ -73,6 +89,9 @@ class BusReporter(Reporter):
         self._lock = threading.Lock()
         self._queue: asyncio.Queue[tuple[str, BaseModel] | None] = asyncio.Queue()
         self._on_status = on_status
+        self.meters = meters or Meters()
+        self._counted_step: int | None = None
+        self._counted_tokens: float | None = None
         self._pump = loop.create_task(self._run_pump())
 
     def _emit(self, name: str, make: Callable[[int], BaseModel]) -> None:
@@ -89,16 +108,28 @@ class BusReporter(Reporter):
     # ---- Reporter ---------------------------------------------------------------------------
     def started(self, *, total_steps: int | None, resumed_from_step: int | None, info: dict[str, Any]) -> None:
         self._on_status({"total_steps": total_steps, "step": resumed_from_step or 0})
+        self._counted_step = resumed_from_step or 0
+        self._counted_tokens = float(info.get("tokens") or 0)
         self._emit("started", lambda s: RunStarted(
             **self._base(s), method=self.method, base_model=self.base_model, backend=self.backend, spec=self.spec,
             total_steps=total_steps, resumed_from_step=resumed_from_step))
 
     def progress(self, step: int, total_steps: int | None, metrics: dict[str, float]) -> None:
         self._on_status({"step": step, "total_steps": total_steps})
+        # Counters grow by what happened since the last report of this attempt (a resume starts from its step).
+        if self._counted_step is not None and step > self._counted_step:
+            self.meters.steps.labels(self.method).inc(step - self._counted_step)
+        tokens = metrics.get("tokens")
+        if tokens is not None and self._counted_tokens is not None and tokens > self._counted_tokens:
+            self.meters.tokens.labels(self.method).inc(tokens - self._counted_tokens)
+        self._counted_step = max(step, self._counted_step or 0)
+        if tokens is not None:
+            self._counted_tokens = max(tokens, self._counted_tokens or 0.0)
         self._emit("progressed", lambda s: RunProgressed(**self._base(s), step=step, total_steps=total_steps,
                                                          metrics=metrics))
 
     def checkpointed(self, step: int, path: str) -> None:
+        self.meters.checkpoints.labels(self.method).inc()
         self._emit("checkpointed", lambda s: RunCheckpointed(**self._base(s), step=step, path=path))
 
     def artifact(self, kind: str, fmt: str, path: str, step: int | None = None) -> None:
@@ -141,8 +172,9 @@ class JobExecution:
     """One delivery of a training job on this worker."""
 
     def __init__(self, bus: Bus, envelope: JobEnvelope, *, runs_dir: Path, worker: str, status_interval_s: float,
-                 previous: JobStatus | None) -> None:
+                 previous: JobStatus | None, meters: Meters | None = None) -> None:
         self.bus, self.env = bus, envelope
+        self.meters = meters or Meters()
         self.run_dir = runs_dir / envelope.run_id
         self.worker, self.status_interval_s = worker, status_interval_s
         self.control = JobControl()
@@ -187,7 +219,7 @@ class JobExecution:
         self.reporter = BusReporter(
             self.bus, loop, run_id=env.run_id, job_id=env.job_id, method=env.job_type, spec=spec,
             base_model=spec.get("model") if isinstance(spec, dict) else None, backend=str(detect_backend()),
-            first_seq=await last_seq(self.bus, env.run_id) + 1, on_status=self._queue_status,
+            first_seq=await last_seq(self.bus, env.run_id) + 1, on_status=self._queue_status, meters=self.meters,
         )
         await self._put_status()
         self._status_task = loop.create_task(self._status_loop())
@@ -219,6 +251,7 @@ class JobExecution:
 
     async def finish(self, summary: TrainingSummary) -> None:
         self._stop_status()
+        self.meters.jobs.labels(self.env.job_type, str(summary.state)).inc()
         assert self.reporter is not None
         self.reporter.finished(summary.state, summary, summary.failure_reason)
         await self.reporter.close()

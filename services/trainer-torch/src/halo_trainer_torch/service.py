@@ -22,10 +22,11 @@ from halo_runtime import Service
 from halo_schemas.base import utcnow
 from halo_schemas.jobs import JobEnvelope, JobRef, JobState, JobStatus
 from halo_schemas.training import PreviewRequest, PreviewResult
+
 from halo_trainer_torch import __version__
 from halo_trainer_torch.core.preview import preview_job
 from halo_trainer_torch.core.runner import Preempted
-from halo_trainer_torch.jobs import JobExecution, finish_without_running
+from halo_trainer_torch.jobs import JobExecution, Meters, finish_without_running
 from halo_trainer_torch.settings import TrainerTorchSettings
 
 log = logging.getLogger("halo_trainer_torch")
@@ -44,6 +45,7 @@ class TrainerTorch(Service):
         settings: TrainerTorchSettings = self.settings  # type: ignore[assignment]
         self.tsettings = settings
         self.running: dict[str, JobExecution] = {}
+        self.meters = Meters(self.telemetry.registry if self.telemetry else None)
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
 
     async def setup(self) -> None:
@@ -85,13 +87,16 @@ class TrainerTorch(Service):
                 await finish_without_running(self.bus, env, previous, JobState.CANCELLED, "cancelled before it started")
                 return
             execution = JobExecution(self.bus, env, runs_dir=self.tsettings.paths.runs_dir, worker=self.instance_id,
-                                     status_interval_s=self.tsettings.status_interval_s, previous=previous)
+                                     status_interval_s=self.tsettings.status_interval_s, previous=previous,
+                                     meters=self.meters)
             self.running[env.job_id] = execution
+            self.meters.running.inc()
             try:
                 summary = await execution.run()
             finally:
                 if execution.future is None or execution.future.done():
                     self.running.pop(env.job_id, None)
+                    self.meters.running.dec()
             if summary is None:  # preempted: nak, so it is redelivered and resumed from its checkpoint
                 raise RuntimeError(f"job {env.job_id} preempted; leaving it for redelivery")
 
@@ -129,3 +134,4 @@ class TrainerTorch(Service):
                 with contextlib.suppress(Exception):
                     await execution.finish(execution.future.result())
             self.running.pop(job_id, None)
+            self.meters.running.dec()

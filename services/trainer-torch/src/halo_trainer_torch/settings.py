@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from halo_common.settings import HaloSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
-
-from halo_common.settings import HaloSettings
 
 
 class TrainerTorchSettings(HaloSettings):

@@ -21,17 +21,17 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
-
 from halo_bus import Bus, subjects
 from halo_bus.api import EventRecord
 from halo_common.errors import BadRequest, NotFound, Unavailable
 from halo_common.ids import new_id
-from halo_gateway.app import get_bus
 from halo_schemas.base import describe_validation_error, utcnow
 from halo_schemas.events import RunFinished
 from halo_schemas.jobs import JobEnvelope, JobRef, JobState, JobStatus, JobSubmitted
 from halo_schemas.training import TRAINING_JOB_SPECS, PreviewRequest, PreviewResult, TrainSpecBase
+from pydantic import BaseModel, Field, ValidationError
+
+from halo_gateway.app import get_bus
 
 router = APIRouter()
 

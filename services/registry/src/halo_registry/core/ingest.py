@@ -11,6 +11,7 @@ leave exactly the same rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +27,6 @@ from halo_registry.core.db import (
     deleted_runs,
     lineage,
     metric_stats,
-    metrics,
     run_tags,
     runs,
 )
@@ -42,6 +42,9 @@ from halo_schemas.jobs import JobState
 
 #: A progressed event's metric with this name is also a power sample for the measured cost.
 POWER_METRIC = "power_watts"
+#: Column widths ingest respects (an event with a longer run id is ignored, a longer metric name skipped).
+MAX_RUN_ID = 128
+MAX_METRIC_NAME = 128
 
 _STATE_COLUMNS = (
     "pk", "run_id", "name", "job_id", "service", "method", "base_model", "models", "backend", "status", "status_ts",
@@ -58,6 +61,7 @@ class IngestStats:
     points: int = 0
     runs_created: int = 0
     ignored: int = 0
+    skipped_points: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: IngestStats) -> None:
@@ -65,6 +69,7 @@ class IngestStats:
         self.points += other.points
         self.runs_created += other.runs_created
         self.ignored += other.ignored
+        self.skipped_points += other.skipped_points
         for k, v in other.by_type.items():
             self.by_type[k] = self.by_type.get(k, 0) + v
 
@@ -81,7 +86,7 @@ def lineage_from_spec(run_id: str, spec: dict[str, Any], ts: datetime) -> dict[s
     """A lineage row when the spec names a parent: ``parent_run_id`` (+ ``fork_step``,
     ``fork_cycle``, ``lineage_relation``)."""
     parent = spec.get("parent_run_id")
-    if not isinstance(parent, str) or not parent or parent == run_id:
+    if not isinstance(parent, str) or not parent or parent == run_id or len(parent) > MAX_RUN_ID:
         return None
 
     def as_int(v: Any) -> int | None:
@@ -90,7 +95,7 @@ def lineage_from_spec(run_id: str, spec: dict[str, Any], ts: datetime) -> dict[s
     relation = spec.get("lineage_relation")
     return {
         "parent_run_id": parent, "child_run_id": run_id,
-        "relation": relation if isinstance(relation, str) and relation else "fork",
+        "relation": relation[:32] if isinstance(relation, str) and relation else "fork",
         "step": as_int(spec.get("fork_step")), "cycle": as_int(spec.get("fork_cycle")), "created_at": ts,
     }
 
@@ -106,23 +111,28 @@ def _newer(state: dict[str, Any], ev: RunEvent, ts: datetime) -> bool:
     return (ts, ev.seq) > (state["status_ts"], state["status_seq"] if state["status_seq"] is not None else -1)
 
 
+def _clip(value: Any, n: int) -> Any:
+    """Strings cut to their column's width: an over-long field never fails a whole batch."""
+    return value[:n] if isinstance(value, str) else value
+
+
 def _apply(state: dict[str, Any], ev: RunEvent) -> None:
     """Fold one event into the run's row state (in memory)."""
     ts = utc(ev.ts)
-    state["job_id"] = state["job_id"] or ev.job_id
-    state["service"] = state["service"] or ev.service
+    state["job_id"] = state["job_id"] or _clip(ev.job_id, 128)
+    state["service"] = state["service"] or _clip(ev.service, 64)
     state["created_at"] = min(state["created_at"], ts)
     state["last_event_at"] = ts if state["last_event_at"] is None else max(state["last_event_at"], ts)
     if isinstance(ev, RunStarted):
         spec = dict(ev.spec)
-        state["method"] = ev.method
+        state["method"] = _clip(ev.method, 64)
         base = ev.base_model or spec.get("base_model") or spec.get("model")
-        state["base_model"] = base if isinstance(base, str) else state["base_model"]
+        state["base_model"] = _clip(base, 500) if isinstance(base, str) else state["base_model"]
         state["models"] = models_from_spec(spec, state["base_model"]) or state["models"]
-        state["backend"] = ev.backend or state["backend"]
+        state["backend"] = _clip(ev.backend, 32) or state["backend"]
         state["spec"] = spec or state["spec"]
         name = spec.get("name")
-        state["name"] = name if isinstance(name, str) and name else state["name"]
+        state["name"] = _clip(name, 200) if isinstance(name, str) and name else state["name"]
         state["total_steps"] = ev.total_steps or state["total_steps"]
         state["started_at"] = ts if state["started_at"] is None else min(state["started_at"], ts)
         if _newer(state, ev, ts):
@@ -153,7 +163,7 @@ def apply_events(db: Database, events: Sequence[RunEvent]) -> IngestStats:
     run_ids = sorted({e.run_id for e in events})
     with db.write() as conn:
         tomb = set(conn.scalars(select(deleted_runs.c.run_id).where(deleted_runs.c.run_id.in_(run_ids))))
-        live = [e for e in events if e.run_id not in tomb]
+        live = [e for e in events if e.run_id not in tomb and 0 < len(e.run_id) <= MAX_RUN_ID]
         stats.ignored = len(events) - len(live)
         if not live:
             return stats
@@ -172,9 +182,14 @@ def apply_events(db: Database, events: Sequence[RunEvent]) -> IngestStats:
             _apply(state, ev)
             if isinstance(ev, RunProgressed):
                 for name, value in ev.metrics.items():
-                    points[(pk, name, ev.step)] = float(value)
+                    # NaN cannot be stored by SQLite (it becomes NULL) nor sent as JSON; a
+                    # diverged run keeps its last finite values.
+                    if math.isfinite(value) and 0 < len(name) <= MAX_METRIC_NAME:
+                        points[(pk, name, ev.step)] = float(value)
+                    else:
+                        stats.skipped_points += 1
                 watts = ev.metrics.get(POWER_METRIC)
-                if watts is not None:
+                if watts is not None and math.isfinite(watts) and watts >= 0:
                     power[(pk, ev.step)] = (utc(ev.ts), float(watts))
             elif isinstance(ev, RunStarted):
                 for tag in ev.spec.get("tags") or []:
@@ -184,11 +199,12 @@ def apply_events(db: Database, events: Sequence[RunEvent]) -> IngestStats:
                 if link:
                     links[(link["parent_run_id"], link["child_run_id"])] = link
             elif isinstance(ev, RunCheckpointed):
-                arts[(pk, ev.path)] = {"run_pk": pk, "kind": "checkpoint", "format": "other", "path": ev.path,
+                arts[(pk, ev.path)] = {"run_pk": pk, "kind": "checkpoint", "format": "other", "path": _clip(ev.path, 1000),
                                        "sha256": None, "size_bytes": None, "step": ev.step, "created_at": utc(ev.ts)}
             elif isinstance(ev, RunArtifactAdded):
-                arts[(pk, ev.path)] = {"run_pk": pk, "kind": ev.kind, "format": ev.format, "path": ev.path,
-                                       "sha256": ev.sha256, "size_bytes": ev.size_bytes, "step": ev.step,
+                arts[(pk, ev.path)] = {"run_pk": pk, "kind": _clip(ev.kind, 32), "format": _clip(ev.format, 32),
+                                       "path": _clip(ev.path, 1000), "sha256": _clip(ev.sha256, 64),
+                                       "size_bytes": ev.size_bytes, "step": ev.step,
                                        "created_at": utc(ev.ts)}
 
         stats.points = write_points(db, conn, [(pk, n, s, v) for (pk, n, s), v in points.items()])
@@ -241,7 +257,8 @@ def _load_states(db: Database, conn: Connection, events: Sequence[RunEvent]) -> 
         conn.execute(
             db.insert(runs).on_conflict_do_nothing(index_elements=["run_id"]),
             [{"run_id": rid, "method": "unknown", "status": JobState.RUNNING.value, "created_at": utc(first[rid].ts),
-              "service": first[rid].service, "job_id": first[rid].job_id, "notes": "", "origin": "local"}
+              "service": _clip(first[rid].service, 64), "job_id": _clip(first[rid].job_id, 128), "notes": "",
+              "origin": "local"}
              for rid in new],
         )
         again = select(*cols).where(runs.c.run_id.in_(new))

@@ -100,14 +100,15 @@ class RegistryStore:
 
     def get(self, run_id: str) -> RunDetail:
         with self.db.read() as conn:
-            return self._detail(conn, run_id)
+            return self._detail(conn, run_id)[1]
 
-    def _detail(self, conn: Connection, run_id: str) -> RunDetail:
+    def _detail(self, conn: Connection, run_id: str) -> tuple[int, RunDetail]:
+        """(pk, detail) of a run."""
         row = queries.run_row(conn, run_id, runs.c.spec, runs.c.summary, runs.c.notes)
         summary = queries.summaries(conn, [row])[0]
         parents, children = queries.lineage_links(conn, run_id)
         run_dir = self.run_dir(run_id)
-        return RunDetail(
+        return row.pk, RunDetail(
             run=summary, spec=row.spec or {}, summary=row.summary or {}, notes=row.notes or "",
             metrics=queries.metric_infos(conn, row.pk), artifacts=queries.artifact_infos(conn, row.pk),
             evals=queries.eval_infos(conn, row.pk), parents=parents, children=children,
@@ -171,8 +172,7 @@ class RegistryStore:
 
     def bundle(self, req: RunBundleRequest) -> RunBundle:
         with self.db.read() as conn:
-            detail = self._detail(conn, req.run_id)
-            pk = queries.run_row(conn, req.run_id).pk
+            pk, detail = self._detail(conn, req.run_id)
             return bundles.make_bundle(conn, pk, detail, self.run_dir(req.run_id), self.bundles_dir,
                                        include_adapter=req.include_adapter, created_by=bundles.created_by(self.version))
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from halo_common.errors import HaloError
 from halo_schemas.training import PreviewResult
+
 from halo_trainer_torch.core.components.data import DataError
 from halo_trainer_torch.core.components.model import load_tokenizer, resolve_settings
 from halo_trainer_torch.core.runner import quiet_libraries, validate_spec

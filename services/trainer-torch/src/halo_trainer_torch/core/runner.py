@@ -30,12 +30,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from halo_common.errors import BadRequest, HaloError
 from halo_schemas.base import describe_validation_error
 from halo_schemas.jobs import JobState
-from halo_schemas.training import TRAINING_JOB_SPECS, TrainSpecBase, TrainingSummary
+from halo_schemas.training import TRAINING_JOB_SPECS, TrainingSummary, TrainSpecBase
+from pydantic import ValidationError
+
 from halo_trainer_torch.core.components.data import TrainingData, load_training_data
 from halo_trainer_torch.core.components.hooks import JobControl, Reporter
 from halo_trainer_torch.core.components.model import ResolvedSettings, resolve_settings

@@ -329,6 +329,15 @@ def _under(p: Path, root: Path) -> bool:
     return p == root or root in p.parents
 
 
+def _top_level(paths: object) -> list[Path]:
+    """The paths that are not inside another one of them (a nested bind would be redundant)."""
+    out: list[Path] = []
+    for p in sorted(set(paths), key=lambda p: len(p.parts)):  # type: ignore[call-overload]
+        if not any(_under(p, q) for q in out):
+            out.append(p)
+    return out
+
+
 DEFAULT_HIDE = ("/tmp", "/var/tmp", "/root", "/home", "/run", "/mnt", "/media", "/srv")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -352,7 +361,9 @@ class Sandbox:
         warm: bool = True,
     ) -> None:
         self.mechanism = Mechanism(mechanism)
-        self.base_dir = _real(base_dir or Path(tempfile.gettempdir()) / "halo-verifier-sandbox")
+        default_base = Path(tempfile.gettempdir()) / ("halo-verifier-sandbox" if _is_root()
+                                                      else f"halo-verifier-sandbox-{os.getuid()}")
+        self.base_dir = _real(base_dir or default_base)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base_dir, 0o711)  # others may traverse to their own workspace, not list it
         self.tools = {"bwrap": "bwrap", "unshare": "unshare", "prlimit": "prlimit", "setpriv": "setpriv",
@@ -381,6 +392,7 @@ class Sandbox:
         self.warm = warm and self.mechanism == Mechanism.BWRAP and self.drop_uid
         self._agents: dict[int, _Agent] = {}
         self._agents_lock = threading.Lock()
+        self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     # ---- configuration ---------------------------------------------------------------------
     def add_expose(self, path: str | Path) -> None:
@@ -453,6 +465,18 @@ class Sandbox:
         if self.drop_uid and self.mechanism in (Mechanism.BWRAP, Mechanism.UNSHARE) \
                 and not shutil.which(self.tools["setpriv"]):
             raise SandboxUnavailable("setpriv (util-linux) not found")
+        try:
+            self._probe_run()
+        except SandboxUnavailable as exc:
+            if not self.warm:
+                raise
+            # The warm agent could not start (e.g. its Python is unreachable): cold sandboxes still work.
+            log.warning("warm sandboxes unavailable (%s); starting a fresh sandbox per command", exc.message)
+            self.close()
+            self.warm = False
+            self._probe_run()
+
+    def _probe_run(self) -> None:
         true = shutil.which("true") or "/bin/true"
         with self.workspace() as ws:
             res = ws.run([true], limits=SandboxLimits(wall_s=15, cpu_s=5))
@@ -552,9 +576,14 @@ class Sandbox:
             # A private uid starts with no processes. (As root without one, RLIMIT_NPROC is ignored
             # by the kernel anyway: the PID namespace and the kill-on-exit carry the load.)
             return limits.max_processes
-        # Same uid as this service: the limit counts our own processes (threads, on Linux) too.
-        me = os.getuid()
-        return len(processes_of_uid(me)) * 4 + limits.max_processes if platform.system() == "Linux" else 4096
+        # Same uid as this service: RLIMIT_NPROC counts every thread of that uid, ours included.
+        if platform.system() != "Linux":
+            return 4096
+        tasks = 0
+        for pid in processes_of_uid(os.getuid()):
+            with contextlib.suppress(OSError):
+                tasks += len(os.listdir(f"/proc/{pid}/task"))
+        return tasks + limits.max_processes
 
     def _mkdirs_for(self, targets: Sequence[Path]) -> list[Path]:
         """Ancestors of ``targets`` that lie inside hidden directories (created 0755 in the tmpfs)."""
@@ -629,9 +658,8 @@ class Sandbox:
         """The full argv (limits + mechanism + uid drop + ``argv``) that :meth:`run` executes."""
         cwd = cwd or ws.path
         extra = [_real(e) for e in expose]
-        exp = list(self.expose) + [e for e in extra if e.exists() and e not in self.hidden
-                                   and any(_under(e, h) for h in self.hidden)
-                                   and not any(_under(e, x) for x in self.expose)]
+        exp = _top_level([*self.expose, *(e for e in extra if e.exists() and e not in self.hidden
+                                           and any(_under(e, h) for h in self.hidden))])
         prefix = self._rlimit_argv(limits, self._nproc(ws, limits))
         if self.mechanism == Mechanism.BWRAP:
             return prefix + self._bwrap_argv(ws, argv, cwd, exp)
@@ -689,13 +717,15 @@ class Sandbox:
 class _Agent:
     """A warm bwrap sandbox for one private uid running ``_launch/agent.py`` (see there).
 
-    The sandbox binds the uid's slot directory (``<base>/slot-<uid>``) read-write; workspaces are
+    The sandbox binds the uid's slot directory (``<base>/slot-<uid>-<instance>``) read-write; workspaces are
     created inside it. The expose set only grows: a run that needs a toolchain directory the
     sandbox does not show yet restarts it with the union."""
 
     def __init__(self, sandbox: Sandbox, uid: int) -> None:
         self.sandbox, self.uid = sandbox, uid
-        self.slot_dir = sandbox.base_dir / f"slot-{uid}"
+        # Per process: several services on one host share the base dir and (one at a time, under
+        # the flock) the uids, but each has its own slots, so one closing never removes another's.
+        self.slot_dir = sandbox.base_dir / f"slot-{uid}-{sandbox.instance}"
         self.slot_dir.mkdir(mode=0o711, exist_ok=True)
         os.chmod(self.slot_dir, 0o711)
         self.script = self.slot_dir / ".halo-agent.py"
@@ -714,12 +744,7 @@ class _Agent:
         py_dirs = {_real(Path(self.python).parent.parent), _real(sys.base_prefix)}
         wanted = {p for p in (*self.sandbox.expose, *expose, *py_dirs)
                   if p.exists() and p not in self.sandbox.hidden and any(_under(p, h) for h in self.sandbox.hidden)}
-        # keep only top-most paths: a nested bind of an already exposed directory is redundant
-        top = sorted(wanted, key=lambda p: len(p.parts))
-        final: list[Path] = []
-        for p in top:
-            if not any(_under(p, q) for q in final):
-                final.append(p)
+        final = _top_level(wanted)
         argv = self.sandbox._bwrap_prefix(self.slot_dir, self.slot_dir, final) + [
             self.python, "-I", "-S", str(self.script)]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -25,11 +25,11 @@ import time
 from typing import Any
 
 import yaml
-
 from halo_common.backend import Backend, detect_backend
 from halo_common.errors import Internal, Unprocessable
 from halo_common.natsproc import free_port
-from halo_schemas.training import TrainSpecBase, TrainingSummary
+from halo_schemas.training import TrainingSummary, TrainSpecBase
+
 from halo_trainer_torch.core.components.hooks import JobControl, Reporter, replay_file_events
 from halo_trainer_torch.core.components.rundir import RunDir
 

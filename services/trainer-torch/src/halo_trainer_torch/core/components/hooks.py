@@ -262,7 +262,8 @@ class HaloCallback(TrainerCallback):
         self._last_log_t = time.monotonic()
         if state.is_world_process_zero:
             self.reporter.started(total_steps=int(state.max_steps) if state.max_steps else None,
-                                  resumed_from_step=int(state.global_step) or None, info={})
+                                  resumed_from_step=int(state.global_step) or None,
+                                  info={"tokens": self._last_log_tokens})
 
     _CODES = {None: 0, "preempted": 1, "cancelled": 2, "supervisor-gone": 3}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from halo_schemas.training import TrainSpecBase
+
 from halo_trainer_torch.core.components.data import TrainingData
 from halo_trainer_torch.core.components.hooks import HaloCallback, JobControl, Reporter
 from halo_trainer_torch.core.components.model import ResolvedSettings, is_peft, parameter_counts, save_pissa_init

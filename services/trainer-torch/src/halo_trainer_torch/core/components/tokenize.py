@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from halo_schemas.training import RenderedSample, TokenSegment
+
 from halo_trainer_torch.core.components.data import split_preference
 
 IGNORE = -100
@@ -136,6 +137,9 @@ class PreferenceEncoder:
     def _template(self, messages: list[dict[str, Any]], **kw: Any) -> list[int]:
         return _ids(self.tok.apply_chat_template(messages, tokenize=True, return_dict=True, **kw))
 
+    def _with_eos(self, text: str) -> str:
+        return text if not self.eos or text.endswith(self.eos) else text + self.eos
+
     def encode(self, record: dict[str, Any]) -> EncodedPair | None:
         prompt, chosen, rejected = split_preference(record)
         if isinstance(chosen, list):
@@ -144,9 +148,8 @@ class PreferenceEncoder:
             full_r = self._template(prompt + rejected)
         else:
             prompt_ids = _ids(self.tok(prompt))
-            add = (lambda s: s if not self.eos or s.endswith(self.eos) else s + self.eos)
-            full_c = _ids(self.tok(prompt + add(chosen)))
-            full_r = _ids(self.tok(prompt + add(rejected)))
+            full_c = _ids(self.tok(prompt + self._with_eos(chosen)))
+            full_r = _ids(self.tok(prompt + self._with_eos(rejected)))
         n = min(common_prefix_length(prompt_ids, full_c), common_prefix_length(prompt_ids, full_r))
         prompt_ids, chosen_ids, rejected_ids = full_c[:n], full_c[n:], full_r[n:]
         if len(prompt_ids) >= self.max_length:

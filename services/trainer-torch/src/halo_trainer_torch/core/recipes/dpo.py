@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from halo_schemas.training import DPOSpec, RenderedSample, TrainSpecBase
+
 from halo_trainer_torch.core.components.data import DataError, SourcedRecord, TrainingData
 from halo_trainer_torch.core.components.losses import PreferenceLossOutput, dpo_loss
 from halo_trainer_torch.core.components.model import (

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from halo_schemas.training import ORPOSpec, RenderedSample, TrainSpecBase
+
 from halo_trainer_torch.core.components.data import TrainingData
 from halo_trainer_torch.core.components.losses import PreferenceLossOutput, orpo_loss
 from halo_trainer_torch.core.components.model import apply_finetune, load_base_model, load_tokenizer

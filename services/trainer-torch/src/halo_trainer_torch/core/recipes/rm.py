@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from halo_schemas.training import RenderedSample, RewardModelSpec, TrainSpecBase
+
 from halo_trainer_torch.core.components.data import DataError, SourcedRecord, TrainingData
 from halo_trainer_torch.core.components.hooks import HaloTrainerMixin
 from halo_trainer_torch.core.components.model import (

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from halo_schemas.training import RenderedSample, SFTSpec
+
 from halo_trainer_torch.core.components.batching import SFTCollator, build_sft_dataset
 from halo_trainer_torch.core.components.data import DataError, SourcedRecord, TrainingData
 from halo_trainer_torch.core.components.hooks import HaloTrainerMixin

@@ -37,12 +37,23 @@ _LIMITS = {
 }
 
 
+def _read_exact(f, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = f.read(n - len(buf))  # a pipe may return less than asked for
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
 def read_frame(f):
-    head = f.read(4)
-    if len(head) < 4:
+    head = _read_exact(f, 4)
+    if head is None:
         return None
     (n,) = struct.unpack(">I", head)
-    return json.loads(f.read(n))
+    body = _read_exact(f, n)
+    return None if body is None else json.loads(body)
 
 
 def write_frame(f, obj):
