@@ -73,3 +73,11 @@ def test_json_schema_export_is_current() -> None:
     # Test-only models (halo.test.*) are not exported; compare only the shipped ones.
     stale = [n for n in stale_files(DOCS) if not n.startswith(("halo.test.", "halo.bench."))]
     assert stale == [], f"docs/schemas is stale ({stale}); run `just schemas`"
+
+
+def test_non_finite_metrics_survive_the_wire() -> None:
+    import math
+
+    ev = RunProgressed(run_id="run-1", service="x", seq=1, step=3, metrics={"loss": float("nan"), "grad_norm": float("inf")})
+    back = RunProgressed.model_validate_json(ev.model_dump_json())
+    assert math.isnan(back.metrics["loss"]) and back.metrics["grad_norm"] == float("inf")

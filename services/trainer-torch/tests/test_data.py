@@ -120,3 +120,10 @@ def test_eval_fraction_split_is_deterministic(sft_file: Path) -> None:
 def test_bundled_demo_data_is_valid() -> None:
     assert len(load_training_data(DataSpec(train="demo://demo_sft.jsonl"), "sft").train) == 40
     assert len(load_training_data(DataSpec(train="demo://demo_prefs.jsonl"), "dpo").train) == 40
+
+
+def test_hub_dataset_that_cannot_be_loaded_is_named() -> None:
+    # Tests run offline: a Hub id that is not cached fails as a data problem naming the dataset and split.
+    with pytest.raises(DataError) as err:
+        load_training_data(DataSpec(train="halo-forge-tests/no-such-dataset", split="train"), "sft")
+    assert err.value.problems[0].startswith("halo-forge-tests/no-such-dataset: cannot load Hub dataset split 'train'")

@@ -170,3 +170,27 @@ async def test_cancel_a_queued_job_with_no_trainer_up(gateway: httpx.AsyncClient
         await svc.stop()
     assert finished.state == "cancelled" and finished.error == "cancelled before it started"
     assert not (tmp_path / "home" / "runs" / run_id).exists()  # never started: nothing written
+
+
+async def test_sigterm_preempts_with_a_checkpoint_and_another_trainer_resumes(
+        gateway: httpx.AsyncClient, memory_bus: InMemoryBus, sft_file: Path, tmp_path: Path) -> None:
+    settings = TrainerTorchSettings(home=tmp_path / "home", ack_wait_s=1.5, status_interval_s=0.2)
+    first = TrainerTorch(settings, memory_bus)
+    await first.start()
+    resp = await gateway.post("/api/v1/jobs/sft", json=_sft(sft_file, max_steps=40, checkpoint_every_steps=1000))
+    job_id, run_id = resp.json()["job_id"], resp.json()["run_id"]
+    await _wait_for(memory_bus, run_id, RunProgressed)
+    await first.stop()  # what SIGTERM does: stop consuming, drain (preempt running jobs)
+    status = await memory_bus.kv_get(subjects.KV_JOB_STATE, job_id, JobStatus)
+    assert status is not None and status.state == "queued" and "preempted" in (status.error or "")
+    ckpts = sorted((tmp_path / "home" / "runs" / run_id / "checkpoints").iterdir())
+    assert len(ckpts) == 1  # written at the step it stopped, although the interval is 1000
+    stopped_at = int(ckpts[0].name.split("-")[1])
+    second = TrainerTorch(settings, memory_bus)
+    await second.start()
+    try:
+        finished = await _wait_for(memory_bus, run_id, RunFinished, within_s=120)
+    finally:
+        await second.stop()
+    assert finished.state == "succeeded" and finished.summary["steps"] == 40
+    assert finished.summary["resumed_from_step"] == stopped_at and finished.summary["attempts"] == 2

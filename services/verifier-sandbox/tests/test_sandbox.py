@@ -26,15 +26,20 @@ from halo_verifier_sandbox.core.toolchains import Toolchains
 PY = Toolchains().get("python")
 
 
-def _make(mechanism: Mechanism, tmp_root: Path) -> Sandbox:
+def _make(mechanism: Mechanism, tmp_root: Path, launcher: bool = True) -> Sandbox:
     sb = Sandbox(mechanism, base_dir=tmp_root, expose=PY.expose)
+    if not launcher:
+        sb.launcher = None  # the warm agent forks itself instead of exec'ing halo-exec
     sb.probe()
     return sb
 
 
-@pytest.fixture(scope="module", params=[Mechanism.BWRAP, Mechanism.UNSHARE])
+@pytest.fixture(scope="module", params=["bwrap", "bwrap-forking-agent", "unshare"])
 def sb(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    sandbox = _make(request.param, tmp_path_factory.mktemp("sbx"))
+    mechanism = Mechanism.UNSHARE if request.param == "unshare" else Mechanism.BWRAP
+    sandbox = _make(mechanism, tmp_path_factory.mktemp("sbx"), launcher=request.param != "bwrap-forking-agent")
+    if request.param.startswith("bwrap") and os.geteuid() == 0:
+        assert sandbox.warm and (sandbox.launcher is not None) == (request.param == "bwrap")
     yield sandbox
     sandbox.close()
 

@@ -48,7 +48,9 @@ class _Registered:
 class Message(_Registered, BaseModel):
     """Tolerant, frozen base for bus payloads."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, use_enum_values=False)
+    # NaN/Infinity are real training outcomes (a diverged loss): keep them as JSON strings
+    # ("NaN") that round-trip, instead of pydantic's default null that fails to decode.
+    model_config = ConfigDict(extra="ignore", frozen=True, use_enum_values=False, ser_json_inf_nan="strings")
 
 
 class UserInput(_Registered, BaseModel):

@@ -316,7 +316,10 @@ class TrainingSummary(Message):
     loss_best: float | None = Field(default=None, description="Lowest logged training loss.")
     eval_loss_best: float | None = Field(default=None, description="Lowest evaluation loss, when evaluated.")
     tokens: int = Field(default=0, ge=0, description="Non-padding tokens processed in training.")
-    tokens_per_second: float | None = Field(default=None, description="Training throughput (non-padding tokens/s).")
+    tokens_per_second: float | None = Field(
+        default=None, description="Training-loop throughput of the last attempt (non-padding tokens/s; loading, "
+        "evaluation at the end and export excluded)."
+    )
     duration_s: float = Field(default=0.0, ge=0, description="Wall time of this run, all attempts together.")
     weights_updated: bool = Field(default=False, description="True when at least one optimizer step changed the weights.")
     failure_reason: str | None = Field(default=None, description="Why it failed or was cancelled.")

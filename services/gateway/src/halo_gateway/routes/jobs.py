@@ -72,7 +72,14 @@ async def submit_job(method: str, body: dict[str, Any] = Body(...), bus: Bus = D
     await bus.kv_put(subjects.KV_JOB_STATE, job_id, JobStatus(
         job_id=job_id, run_id=run_id, job_type=method, service=SERVICE, state=JobState.QUEUED,
         total_steps=spec.max_steps))
-    await bus.submit_job(subjects.job(SERVICE, method), envelope, msg_id=job_id)
+    try:
+        await bus.submit_job(subjects.job(SERVICE, method), envelope, msg_id=job_id)
+    except Exception as exc:
+        with contextlib.suppress(Exception):  # do not leave a "queued" job that was never enqueued
+            await bus.kv_put(subjects.KV_JOB_STATE, job_id, JobStatus(
+                job_id=job_id, run_id=run_id, job_type=method, service=SERVICE, state=JobState.FAILED,
+                error=f"could not enqueue: {exc}"))
+        raise
     return JobSubmitted(job_id=job_id, run_id=run_id, state=JobState.QUEUED)
 
 
@@ -116,7 +123,10 @@ async def cancel_job(job_id: str, request: Request, bus: Bus = Depends(get_bus))
     if status.state.terminal:
         return status
     try:
-        return await bus.request(subjects.TRAINER_TORCH_CANCEL, JobRef(job_id=job_id), JobStatus,
+        if status.service not in subjects.SERVICES:
+            raise Unavailable(f"unknown service {status.service!r}")
+        subject = subjects.TRAINER_TORCH_CANCEL if status.service == SERVICE else subjects.rpc(status.service, "cancel")
+        return await bus.request(subject, JobRef(job_id=job_id), JobStatus,
                                  timeout=request.app.state.settings.rpc_timeout_s)
     except Unavailable:
         # No trainer is up: record the request; the trainer that picks the job up cancels it.

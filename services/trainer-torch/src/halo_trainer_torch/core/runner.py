@@ -158,7 +158,9 @@ def summarize(run: RunDir, method: str, spec: TrainSpecBase | None, *, state: Jo
         backend=resolved.backend if resolved else None,
         steps=result.steps if result else 0, total_steps=result.total_steps if result else None,
         epochs=result.epochs if result else None,
-        tokens=tokens, tokens_per_second=(tokens / duration_s) if duration_s > 0 and tokens else None,
+        tokens=tokens,
+        tokens_per_second=(result.attempt_tokens / result.train_seconds)
+        if result and result.train_seconds > 0 and result.attempt_tokens > 0 else None,
         duration_s=duration_s, weights_updated=bool(result and result.weights_updated),
         failure_reason=failure, resumed_from_step=result.resumed_from_step if result else None, attempts=attempt,
         trainable_parameters=result.trainable_parameters if result else None,

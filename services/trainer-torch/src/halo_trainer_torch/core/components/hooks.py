@@ -251,6 +251,10 @@ class HaloCallback(TrainerCallback):
         self._last_log_t: float | None = None
         self._last_log_tokens = 0
         self.start_step = 0
+        self._loop_started: float | None = None
+        self._start_tokens = 0
+        self.train_seconds = 0.0
+        self.attempt_tokens = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -260,12 +264,18 @@ class HaloCallback(TrainerCallback):
             self.trainer.halo_tokens_base = int(prior[-1])
         self._last_log_tokens = int(prior[-1]) if prior else 0
         self._last_log_t = time.monotonic()
+        self._loop_started, self._start_tokens = time.monotonic(), self._last_log_tokens
         if state.is_world_process_zero:
             self.reporter.started(total_steps=int(state.max_steps) if state.max_steps else None,
                                   resumed_from_step=int(state.global_step) or None,
                                   info={"tokens": self._last_log_tokens})
 
     _CODES = {None: 0, "preempted": 1, "cancelled": 2, "supervisor-gone": 3}
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self._loop_started is not None:
+            self.train_seconds = time.monotonic() - self._loop_started
+            self.attempt_tokens = self._last_log_tokens - self._start_tokens
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         reason = self.job.stop_reason()

@@ -57,6 +57,8 @@ class RecipeResult:
     trainable_parameters: int | None = None
     total_parameters: int | None = None
     resumed_from_step: int | None = None
+    train_seconds: float = 0.0  # training-loop wall time of this attempt
+    attempt_tokens: int = 0  # tokens trained in this attempt
     outputs: dict[str, str] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -260,6 +262,11 @@ def train_and_export(
     fingerprint = trainable_fingerprint(model)
     resume = str(ctx.resume_from) if ctx.resume_from else None
     trainer.train(resume_from_checkpoint=resume)
+    _barrier()
+    if is_main_process():
+        import shutil
+
+        shutil.rmtree(ctx.run.staging, ignore_errors=True)  # only model cards and finished moves are left there
     state = trainer.state
     result = RecipeResult(
         state="succeeded",
@@ -270,6 +277,8 @@ def train_and_export(
         trainable_parameters=trainable,
         total_parameters=total,
         resumed_from_step=callback.start_step or None,
+        train_seconds=callback.train_seconds,
+        attempt_tokens=callback.attempt_tokens,
     )
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     result.weights_updated = state.global_step > 0 and trainable_fingerprint(unwrapped) != fingerprint
