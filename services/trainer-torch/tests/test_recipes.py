@@ -22,8 +22,10 @@ PROBE = "<|im_start|>user\nWhat does a cow say?<|im_end|>\n<|im_start|>assistant
 
 
 def _spec(data_file: Path, **kw: Any) -> dict[str, Any]:
+    # float32: the equivalence checks below are exact to ~1e-5, which bf16 autocast (the default on CPUs with
+    # native bf16) is not.
     base = {"model": "tiny://llama", "data": {"train": str(data_file)}, "batch_size": 4, "max_length": 128,
-            "checkpoint_every_steps": 1000, "warmup_ratio": 0.0, "lr_scheduler": "constant"}
+            "checkpoint_every_steps": 1000, "warmup_ratio": 0.0, "lr_scheduler": "constant", "dtype": "float32"}
     return {**base, **kw}
 
 
@@ -241,3 +243,16 @@ def test_run_directory_contents(sft_file: Path, tmp_path: Path) -> None:
     assert all({"loss", "learning_rate", "grad_norm", "tokens", "memory_bytes"} <= set(r) for r in rows)
     assert RunDir(root).checkpoint_steps() == [2, 4]
     assert (root / "adapter" / "adapter_model.safetensors").exists() and s.outputs["adapter"] == str(root / "adapter")
+
+
+def test_reward_model_with_lora_exports_a_loadable_verifier(pref_file: Path, tmp_path: Path) -> None:
+    s = run_job("rm", _spec(pref_file, finetune="lora", max_steps=6, learning_rate=1e-2, batch_size=8), tmp_path / "r")
+    assert s.state == JobState.SUCCEEDED, s.failure_reason
+    adapter = Path(s.outputs["adapter"])
+    assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    verifier = RewardModelVerifier.load(adapter)
+    assert verifier.manifest["format"] == "peft-seq-cls"
+    assert verifier.manifest["normalization"]["held_out"] == 0.0  # no eval data: stats from training pairs
+    a = verifier.score("Tell me about the cow.", "Sure, the cow is lovely.")
+    assert verifier.score("Tell me about the cow.", "Sure, the cow is lovely.", normalize=True) == pytest.approx(
+        (a - verifier.mean) / verifier.std)

@@ -194,3 +194,29 @@ async def test_sigterm_preempts_with_a_checkpoint_and_another_trainer_resumes(
         await second.stop()
     assert finished.state == "succeeded" and finished.summary["steps"] == 40
     assert finished.summary["resumed_from_step"] == stopped_at and finished.summary["attempts"] == 2
+
+
+async def test_a_job_still_heartbeating_elsewhere_is_not_started_twice(
+        memory_bus: InMemoryBus, trainer: TrainerTorch, sft_file: Path) -> None:
+    from halo_common.ids import new_id
+    from halo_schemas.base import utcnow
+    from halo_schemas.jobs import JobEnvelope, JobState
+    from halo_schemas.training import SFTSpec
+
+    job_id, run_id = new_id("job"), new_id("run")
+    alive = JobStatus(job_id=job_id, run_id=run_id, job_type="sft", service="trainer-torch", state=JobState.RUNNING,
+                      worker="another-trainer", heartbeat_at=utcnow())
+    await memory_bus.kv_put(subjects.KV_JOB_STATE, job_id, alive)
+    spec = SFTSpec.model_validate(_sft(sft_file))
+    await memory_bus.submit_job(subjects.job("trainer-torch", "sft"), JobEnvelope(
+        job_id=job_id, run_id=run_id, job_type="sft", spec_schema=SFTSpec.schema_id, spec=spec.model_dump(mode="json")),
+        msg_id=job_id)
+    for _ in range(10):  # the other worker keeps heartbeating for a while...
+        await asyncio.sleep(0.1)
+        await memory_bus.kv_put(subjects.KV_JOB_STATE, job_id, alive.model_copy(update={"heartbeat_at": utcnow()}))
+    assert job_id not in trainer.running
+    # ...then finishes the job itself: this delivery is acknowledged without training anything here.
+    await memory_bus.kv_put(subjects.KV_JOB_STATE, job_id, alive.model_copy(update={"state": JobState.SUCCEEDED}))
+    await asyncio.sleep(0.6)
+    assert not trainer.tsettings.paths.run_dir(run_id).exists()
+    assert await memory_bus.replay(subjects.run_events_filter(run_id)) == []

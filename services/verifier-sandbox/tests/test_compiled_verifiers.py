@@ -98,7 +98,7 @@ def test_rust(engine: VerifierEngine) -> None:
     ok = run(engine, "rust", f"```rust\n{RUST_OK}```", CASES)
     assert ok.reward == 1.0 and ok.details["toolchain"].startswith("rustc")
     panics = RUST_OK.replace('println!("{}", v[0] + v[1]);', 'if v[0] < 0 { panic!("neg"); } println!("{}", v[0] * v[1]);')
-    partial = run(engine, "rust", panics, CASES)  # 3 ran, 0 correct... except 0*5 != 5, 1*2 != 3, 10*20 != 30
+    partial = run(engine, "rust", panics, CASES)  # -4 panics; 1*2, 0*5, 10*20 run but are all wrong
     assert partial.reward == pytest.approx(0.5 + 0.2 * 3 / 4) and partial.stage == VerifyStage.COMPILED
     warn = run(engine, "rust", RUST_OK.replace("fn main() {", "fn main() { let unused = 1;"), CASES,
                partial_credit=False)
@@ -115,7 +115,7 @@ GO_OK = 'package main\n\nimport "fmt"\n\nfunc main() {\n\tvar a, b int\n\tfmt.Sc
 def test_go_cases_and_tests(engine: VerifierEngine) -> None:
     ok = run(engine, "go", f"```go\n{GO_OK}```", CASES)
     assert ok.reward == 1.0
-    wrong = run(engine, "go", GO_OK.replace("a + b", "a - b"), CASES)  # runs; only "-4 4"? no: -8; 0 5 -> -5
+    wrong = run(engine, "go", GO_OK.replace("a + b", "a - b"), CASES)  # runs, but every difference is wrong
     assert wrong.reward == pytest.approx(0.7) and wrong.stage == VerifyStage.RAN
     broken = run(engine, "go", GO_OK.replace("var a, b int", "var a, b, c int"))  # unused variable: an error in Go
     assert broken.reward == 0.0 and "declared" in broken.details["compile"]["stderr"]

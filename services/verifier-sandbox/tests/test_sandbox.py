@@ -275,3 +275,17 @@ print(libc.shmget(424242, 0, 0), others)
     finally:
         sb.close()
     assert sb.agent_pids() == [] and not any(tmp_path.glob("slot-*"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="warm sandboxes need a private uid (root)")
+def test_slots_of_dead_services_are_removed(tmp_path: Path) -> None:
+    dead = tmp_path / "slot-2900000-999999999-deadbeef"   # no such pid
+    alive = tmp_path / f"slot-2900001-{os.getpid()}-cafef00d"
+    for d in (dead, alive):
+        d.mkdir()
+        (d / ".halo-agent.py").write_text("")
+    sb = Sandbox(Mechanism.BWRAP, base_dir=tmp_path, expose=PY.expose)
+    try:
+        assert not dead.exists() and alive.exists()
+    finally:
+        sb.close()

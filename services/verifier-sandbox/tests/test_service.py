@@ -215,3 +215,19 @@ def _accept(sock: socket.socket, out: list[bool], stop: threading.Event) -> None
             out.append(True)
         except OSError:  # timeout: look at the stop flag again
             continue
+
+
+async def test_large_replies_are_trimmed_to_fit_the_bus(memory_bus: Bus, tmp_path: Path) -> None:
+    svc = await start(memory_bus, tmp_path, plugins=False, max_reply_bytes=20_000)
+    try:
+        items = [VerifyItem(id=str(i), completion=f"print('{i}' * 3000)", context=VerifyContext(expected_output="x"))
+                 for i in range(10)]
+        results = await VerifierClient(memory_bus).verify_batch(
+            VerifierSpec(name="execution", params={"language": "python"}), items, use_cache=False)
+        assert [r.id for r in results] == [str(i) for i in range(10)]
+        assert all(r.reward == pytest.approx(0.7) and r.stage == VerifyStage.RAN for r in results)
+        assert all(r.details.get("truncated") for r in results)
+        assert sum(len(r.model_dump_json()) for r in results) <= 20_000
+        assert all(r.details["ran"] == 1 and r.details["total"] == 1 for r in results)  # counts survive trimming
+    finally:
+        await svc.stop()

@@ -42,8 +42,11 @@ def load_config(path: Path | None) -> dict[str, Any]:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
+            try:
+                import yaml
+            except ImportError:
+                raise BadRequest(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use a .json config",
+                                 param="config") from None
             data = yaml.safe_load(text)
     except Exception as exc:
         raise BadRequest(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}", param="config") from None

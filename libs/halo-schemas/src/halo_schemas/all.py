@@ -5,3 +5,4 @@ from halo_schemas import training  # noqa: F401
 from halo_schemas import registry  # noqa: F401
 from halo_schemas import verifiers  # noqa: F401
 from halo_schemas import rollout  # noqa: F401
+from halo_schemas import rl  # noqa: F401

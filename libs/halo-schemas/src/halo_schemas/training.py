@@ -120,8 +120,8 @@ class TrainSpecBase(JobSpecBase):
     )
     max_length: int = Field(default=1024, ge=8, description="Longest sequence in tokens; longer records are truncated.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="Compute dtype. auto: bfloat16 on CUDA/ROCm with bf16 support, else float16 on "
-        "CUDA/MPS, float32 on CPU."
+        default="auto", description="Compute dtype. auto: bfloat16 on CUDA/ROCm with bf16 support (else float16), "
+        "bfloat16 on MPS where supported, and on CPUs with native bf16 (AMX / AVX512-BF16); float32 otherwise."
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         default="auto", description="Attention kernel. auto: flash_attention_2 where installed, else sdpa."
@@ -244,6 +244,7 @@ TRAINING_JOB_SPECS: dict[str, type[TrainSpecBase]] = {
     "orpo": ORPOSpec,
     "rm": RewardModelSpec,
 }
+import halo_schemas.rl  # noqa: E402,F401,I001  (adds "grpo": GRPOSpec, "raft": RAFTSpec; rl.py imports this module)
 
 
 class TokenSegment(Message):

@@ -70,9 +70,25 @@ class TrainerTorch(Service):
         return self.registration.id if self.registration else "trainer-torch"
 
     # ---- jobs ---------------------------------------------------------------------------------
+    def _alive_elsewhere(self, status: JobStatus | None) -> bool:
+        """True while another worker still heartbeats this job (a redelivery it did not cause, e.g. after a
+        network partition): starting it here too would have two trainers writing one run directory."""
+        if status is None or status.state != JobState.RUNNING or status.heartbeat_at is None:
+            return False
+        if status.worker == self.instance_id and status.job_id not in self.running:
+            return False  # our own earlier attempt, from before a restart with the same id: not alive
+        fresh_s = min(max(3 * self.tsettings.status_interval_s, 5.0), 0.8 * self.tsettings.ack_wait_s)
+        return (utcnow() - status.heartbeat_at).total_seconds() < fresh_s
+
     async def on_job(self, delivery: JobDelivery[JobEnvelope]) -> None:
         env = delivery.message
         previous = await self.bus.kv_get(subjects.KV_JOB_STATE, env.job_id, JobStatus)
+        # Hold the delivery (the bus keeps heartbeating it) while the job is alive elsewhere or here.
+        while env.job_id in self.running or self._alive_elsewhere(previous):
+            await asyncio.sleep(self.tsettings.status_interval_s)
+            previous = await self.bus.kv_get(subjects.KV_JOB_STATE, env.job_id, JobStatus)
+            if previous is not None and previous.state.terminal:
+                break
         if previous is not None and previous.state.terminal:
             log.info("job %s already %s; acknowledging redelivery", env.job_id, previous.state)
             return

@@ -31,6 +31,12 @@ Every mechanism applies rlimits (address space, CPU seconds, processes, file siz
 core dumps) through ``prlimit`` (or a tiny Python launcher where it is missing), a reduced
 environment, a wall-clock timeout and a stdout/stderr size cap; on timeout or overflow the whole
 process group (and, with a private uid, every process of that uid) is SIGKILLed.
+
+Warm sandboxes (bwrap as root, the default there): each private uid keeps one long-lived bwrap
+sandbox running ``_launch/agent.py``; commands are sent to it and started with fork/vfork+exec
+(through ``_launch/halo_exec.c``, compiled once, when a C compiler exists) instead of building
+namespaces and mounts per command. Same isolation; between verifications the agent kills the
+uid's processes and removes its SysV IPC objects.
 """
 
 from __future__ import annotations
@@ -395,6 +401,8 @@ class Sandbox:
         self._agents_lock = threading.Lock()
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.launcher = _build_launcher(self.base_dir) if self.warm else None
+        if self.warm:
+            _remove_stale_slots(self.base_dir)
 
     # ---- configuration ---------------------------------------------------------------------
     def add_expose(self, path: str | Path) -> None:
@@ -749,7 +757,7 @@ class _Agent:
     def _start(self, expose: set[Path]) -> None:
         self.close()
         py_dirs = {_real(Path(self.python).parent.parent), _real(sys.base_prefix)}
-        wanted = {p for p in (*self.sandbox.expose, *expose, *py_dirs)
+        wanted = {p for p in (*self.sandbox.expose, *self.expose, *expose, *py_dirs)
                   if p.exists() and p not in self.sandbox.hidden and any(_under(p, h) for h in self.sandbox.hidden)}
         final = _top_level(wanted)
         argv = self.sandbox._bwrap_prefix(self.slot_dir, self.slot_dir, final) + [
@@ -757,7 +765,7 @@ class _Agent:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
                                      env={"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"})
-        self.expose = set(expose) | self.expose
+        self.expose = set(final)
         reply = self._call({"op": "ping"}, timeout=30)
         if not reply.get("ok"):
             raise SandboxUnavailable(f"sandbox agent did not start: {reply}")
@@ -781,7 +789,8 @@ class _Agent:
         """Send one request; (re)starts the sandbox when needed or when ``expose`` grows."""
         with self.lock:
             need = set(expose or ())
-            if not self.alive() or not need <= self.expose:
+            covered = all(any(_under(n, e) for e in self.expose) for n in need)
+            if not self.alive() or not covered:
                 if req.get("op") == "reset" and not self.alive():
                     return {"killed": 0}
                 self._start(need)
@@ -824,6 +833,22 @@ class _Agent:
             with contextlib.suppress(Exception):
                 if f:
                     f.close()
+
+
+def _remove_stale_slots(base_dir: Path) -> None:
+    """Remove slot directories (``slot-<uid>-<pid>-<token>``) of processes that no longer exist
+    (a service that was killed could not clean up after itself)."""
+    for d in base_dir.glob("slot-*-*-*"):
+        try:
+            pid = int(d.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _build_launcher(base_dir: Path) -> Path | None:

@@ -75,6 +75,20 @@ def resolve_model_path(model: str) -> str:
     return str(make_tiny_cached(arch=arch, size=size))  # type: ignore[arg-type]
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16): there bf16 autocast trains
+    about twice as fast as float32; elsewhere it is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def resolve_settings(spec: TrainSpecBase, backend: Backend | None = None) -> ResolvedSettings:
     """Resolve dtype, attention kernel, gradient checkpointing and learning rate; refuse what the backend
     cannot do (QLoRA without bitsandbytes, float16 on CPU, flash attention without flash-attn...)."""
@@ -90,7 +104,7 @@ def resolve_settings(spec: TrainSpecBase, backend: Backend | None = None) -> Res
         elif backend == Backend.MPS:
             dtype = "bfloat16" if caps.bf16 else "float32"
         else:
-            dtype = "float32"
+            dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
     else:
         dtype = spec.dtype
         if dtype == "bfloat16":

@@ -9,6 +9,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from halo_trainer_torch.core.recipes import dpo, orpo, rm, sft
+from halo_trainer_torch.core.recipes import dpo, grpo, orpo, raft, rm, sft
 
-RECIPES: dict[str, ModuleType] = {m.METHOD: m for m in (sft, dpo, orpo, rm)}
+RECIPES: dict[str, ModuleType] = {m.METHOD: m for m in (sft, dpo, orpo, rm, grpo, raft)}
