@@ -150,7 +150,7 @@ async def test_reward_workbench_dry_run_end_to_end(rollout: Rollout, nats_bus: N
     monkeypatch.setenv("HALO_GATEWAY_URL", gateway_url)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    args = ["verify-dry-run", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--verifier", "regex_format",
+    args = ["verify", "dry-run", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--verifier", "regex_format",
             "--n", "4", "--max-new-tokens", "8", "--seed", "3", "--json"]
     runner = CliRunner()
     try:

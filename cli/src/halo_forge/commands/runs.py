@@ -65,7 +65,8 @@ def _steps(r: dict[str, Any]) -> str:
     last, total = r.get("last_step"), r.get("total_steps")
     if last is None:
         return "-"
-    return f"{last + 1}/{total}" if total else str(last + 1)
+    # Steps are counted as optimizer steps done (1-based, as trainers report them).
+    return f"{last}/{total}" if total else str(last)
 
 
 def _headline(r: dict[str, Any]) -> str:

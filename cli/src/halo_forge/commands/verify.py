@@ -118,8 +118,17 @@ def summary_table(name: str, results: list[dict[str, Any]], elapsed: float) -> T
     return table
 
 
+verify_app = typer.Typer(
+    help="Score completions with a verifier (`verify --verifier NAME --input FILE`), or check a reward "
+    "signal before training (`verify dry-run`).",
+    invoke_without_command=True,
+)
+
+
+@verify_app.callback()
 def verify(
-    input: Path = typer.Option(..., "--input", "-i", help="JSONL of completions (+ context)."),
+    ctx: typer.Context,
+    input: Path = typer.Option(None, "--input", "-i", help="JSONL of completions (+ context)."),
     verifier: str = typer.Option(None, "--verifier", "-v", help="Verifier name (see `halo-forge verifiers list`)."),
     spec: Path = typer.Option(None, "--spec", help="JSON/YAML file {name, params} configuring the verifier."),
     output: Path = typer.Option(None, "--output", "-o", help="Write one result per line (JSONL)."),
@@ -127,6 +136,10 @@ def verify(
     no_cache: bool = typer.Option(False, "--no-cache", help="Re-run even identical verifications."),
 ) -> None:
     """Score completions with a verifier, with a progress bar and a summary table."""
+    if ctx.invoked_subcommand is not None:
+        return  # e.g. `verify dry-run`: its own options apply
+    if input is None:
+        raise typer.BadParameter("--input is required (a JSONL of completions)", param_hint="--input")
     vspec = load_spec(verifier, spec)
     items = load_items(input)
     client = GatewayClient.from_env(timeout=600)
@@ -183,5 +196,5 @@ def list_verifiers(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("verify")(verify)
+    app.add_typer(verify_app, name="verify")
     app.add_typer(verifiers_app, name="verifiers")

@@ -1,4 +1,4 @@
-"""``halo-forge verify-dry-run`` (and ``halo-forge verify dry-run`` when the verify group exists):
+"""``halo-forge verify dry-run``:
 the reward workbench.
 
 Before training with RL, sample a few completions per prompt from the model, verify them, and look
@@ -6,7 +6,7 @@ at the rewards: their distribution, per-prompt spread, and warnings about signal
 learn from (all zero, all equal, flat groups, reward correlated with length, verifier errors,
 truncation). Nothing is trained; it costs one rollout RPC and one verify-batch RPC::
 
-    halo-forge verify-dry-run --model Qwen/Qwen2.5-0.5B-Instruct --prompts tasks.jsonl --verifier python_tests
+    halo-forge verify dry-run --model Qwen/Qwen2.5-0.5B-Instruct --prompts tasks.jsonl --verifier python_tests
 
 Prompts file: ``.jsonl`` with one object per line — ``{"prompt": "..."}`` or ``{"messages": [...]}``,
 plus an optional ``"context"`` object for the verifier (tests, reference, cases… as in
@@ -75,7 +75,7 @@ def read_prompts(path: Path, limit: int) -> list[dict[str, Any]]:
 def dry_run(
     model: str = typer.Option(..., "--model", "-m", help="Base model: Hub id or local directory."),
     prompts: Path = typer.Option(..., "--prompts", "-p", help="Prompts file: .jsonl with prompt or messages, and an optional context; or .txt."),
-    verifier: str = typer.Option(..., "--verifier", "-v", help="Verifier name (see `halo-forge verify list`)."),
+    verifier: str = typer.Option(..., "--verifier", "-v", help="Verifier name (see `halo-forge verifiers list`)."),
     verifier_params: str = typer.Option("{}", "--verifier-params", help="Verifier parameters as a JSON object."),
     adapter: str = typer.Option(None, "--adapter", help="Adapter directory applied to the model."),
     num_prompts: int = typer.Option(8, "--num-prompts", min=1, help="Prompts taken from the file."),
@@ -178,11 +178,9 @@ def _fmt(x: float | None) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """``verify-dry-run`` at the top level; also ``verify dry-run`` when a ``verify`` group is registered
-    (commands register in module-name order, so verify.py is already in place when this runs)."""
-    app.command("verify-dry-run")(dry_run)
+    """Mount ``dry-run`` under the ``verify`` group (verify.py registers first: module-name order)."""
     for group in app.registered_groups:
-        sub = group.typer_instance
-        if group.name == "verify" and sub is not None:
-            if not any(c.name == "dry-run" for c in sub.registered_commands):
-                sub.command("dry-run")(dry_run)
+        if group.name == "verify" and group.typer_instance is not None:
+            group.typer_instance.command("dry-run")(dry_run)
+            return
+    raise RuntimeError("the `verify` command group is missing; cannot mount `verify dry-run`")

@@ -98,6 +98,8 @@ log = logging.getLogger("halo_trainer_torch.raft")
 #: Trainer log keys that are bookkeeping, not metrics.
 _DROP = {"total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "num_tokens", "epoch",
          "step", "train_loss", "halo_tokens"}
+#: ``raft_stage`` in metrics rows (numbers only): which stage of the cycle the row closes.
+STAGE_CODES = {"generate": 1, "verify": 2, "select": 3, "train": 4}
 #: Completions verified per verifier-sandbox round.
 VERIFY_CHUNK = 256
 
@@ -420,7 +422,8 @@ class Raft:
             if stats.get("learning_rate") is not None:
                 m["raft_learning_rate"] = stats["learning_rate"]
         m = {key: float(v) for key, v in m.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        self.run.append_metrics({"step": step, "ts": time.time(), "raft_stage": stage, **m})
+        m["raft_stage"] = float(STAGE_CODES[stage])
+        self.run.append_metrics({"step": step, "ts": time.time(), **m})
         self.ctx.reporter.progress(step, None, m)
 
     # ---- the loop -----------------------------------------------------------------------------
