@@ -54,15 +54,14 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
         workbench.read_prompts(tmp_path / "e.jsonl", limit=3)
 
 
-def test_registers_top_level_and_under_a_verify_group() -> None:
+def test_mounts_under_the_verify_group() -> None:
     app = typer.Typer()
     verify_group = typer.Typer()
     app.add_typer(verify_group, name="verify")
     workbench.register(app)
-    assert [c.name for c in app.registered_commands] == ["verify-dry-run"]
+    assert app.registered_commands == []
     assert [c.name for c in verify_group.registered_commands] == ["dry-run"]
-    # A plain `verify` command (no group) is left alone.
-    flat = typer.Typer()
-    flat.command("verify")(lambda: None)
-    workbench.register(flat)
-    assert [c.name for c in flat.registered_commands] == ["verify", "verify-dry-run"]
+    # Without a verify group there is nowhere to mount it: a clear error, not a silent no-op.
+    with pytest.raises(RuntimeError, match="verify"):
+        workbench.register(typer.Typer())
+

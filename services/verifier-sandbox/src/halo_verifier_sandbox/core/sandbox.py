@@ -381,7 +381,11 @@ class Sandbox:
         # toolchains installed under /root (the namespaced mechanisms bind those back instead).
         default_drop = root and self.mechanism != Mechanism.HOST
         self.drop_uid = default_drop if drop_uid is None else (drop_uid and root)
-        self.uid_pool = UidPool(uid_base, uid_count, self.base_dir / ".uids") if self.drop_uid else None
+        # The uid locks are host-wide, not per base_dir: two sandboxes with different workspaces
+        # (two services, a service and a test) must never hand out the same uid, or one's cleanup
+        # (kill every process of the uid) would kill the other's programs.
+        uid_locks = Path(tempfile.gettempdir()) / "halo-verifier-sandbox-uids"
+        self.uid_pool = UidPool(uid_base, uid_count, uid_locks) if self.drop_uid else None
         hidden = sorted({_real(h) for h in hide if Path(h).exists()}, key=lambda p: len(p.parts))
         # Only the top-most hidden directories get a tmpfs; nested ones are hidden already.
         self.hidden: list[Path] = []
