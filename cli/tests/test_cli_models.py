@@ -1,12 +1,10 @@
-import json
 import subprocess
 import sys
 from pathlib import Path
 
+from halo_forge.main import app
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
-
-from halo_forge.main import app
 
 runner = CliRunner()
 

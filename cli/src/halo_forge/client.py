@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-
 from halo_common.errors import HaloError, Unavailable
 from halo_common.paths import HaloPaths
 

@@ -13,9 +13,9 @@ import pkgutil
 import sys
 
 import typer
+from halo_common.errors import HaloError
 from rich.console import Console
 
-from halo_common.errors import HaloError
 from halo_forge import __version__, commands
 
 app = typer.Typer(

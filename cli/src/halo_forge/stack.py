@@ -27,7 +27,6 @@ from pathlib import Path
 
 import httpx
 import psutil
-
 from halo_common.errors import Unavailable
 from halo_common.natsproc import NatsProcess, free_port, wait_for_port
 from halo_common.paths import HaloPaths

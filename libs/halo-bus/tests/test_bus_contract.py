@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pydantic import Field
-
 from halo_bus import Bus, subjects
 from halo_bus.api import EventRecord, JobDelivery
 from halo_common.errors import BadRequest, HaloError, NotFound, Unavailable
 from halo_schemas import JobEnvelope, JobStatus, Message, RunProgressed
 from halo_schemas.jobs import JobState
+from pydantic import Field
 
 
 class Ping(Message):

@@ -1,5 +1,4 @@
 import pytest
-
 from halo_bus import subjects
 
 

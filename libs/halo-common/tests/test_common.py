@@ -1,7 +1,6 @@
 import time
 
 import pytest
-
 from halo_common import HaloPaths, id_prefix, new_id
 from halo_common.backend import Backend, capabilities, detect_backend, require
 from halo_common.errors import BadRequest, HaloError, NotFound, Unprocessable

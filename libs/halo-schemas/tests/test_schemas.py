@@ -1,12 +1,11 @@
 from pathlib import Path
 
-import pytest
-from pydantic import Field, ValidationError
-
 import halo_schemas.all  # noqa: F401
+import pytest
 from halo_schemas import JobSpecBase, Message, RunProgressed, UserInput, describe_validation_error, model_for
 from halo_schemas.base import SCHEMA_ID_RE, UnknownSchema, registered_schemas
 from halo_schemas.export import stale_files
+from pydantic import Field, ValidationError
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "schemas"
 

@@ -2,11 +2,10 @@ import json
 import logging
 
 import httpx
-from opentelemetry import trace
-
 from halo_telemetry import sample_all
 from halo_telemetry.samplers import sample_amd, sample_cpu, sample_mlx, sample_nvidia
 from halo_telemetry.setup import JsonFormatter, setup
+from opentelemetry import trace
 
 
 def test_cpu_sampler_reads_real_values() -> None:

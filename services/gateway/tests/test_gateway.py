@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from halo_bus import Bus
 from halo_common.settings import HaloSettings
 from halo_gateway.app import create_app
 from halo_gateway.settings import GatewaySettings
 from halo_runtime import Service
 from halo_telemetry.setup import install_tracer_provider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 
 class Registry(Service):

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import psutil
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from halo_common.backend import detect_backend
 from halo_common.errors import BadRequest, NotFound, Unprocessable
+from rich.console import Console
+from rich.table import Table
 
 console = Console()
 models_app = typer.Typer(help="Tiny test models and the catalog of real base models.", no_args_is_help=True)

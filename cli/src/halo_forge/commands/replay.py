@@ -18,12 +18,12 @@ import subprocess
 from pathlib import Path
 
 import typer
+from halo_common.errors import Conflict, Unprocessable
+from halo_schemas.registry import DriftItem, DriftReport, ReplayInfo, ReplayManifest
 from rich.console import Console
 from rich.table import Table
 
-from halo_common.errors import Conflict, Unprocessable
 from halo_forge.client import GatewayClient
-from halo_schemas.registry import DriftItem, DriftReport, ReplayInfo, ReplayManifest
 
 console = Console()
 _CHUNK = 1 << 20

@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import typer
+from halo_common.errors import BadRequest, HaloError, NotFound, Unavailable
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from halo_common.errors import BadRequest, HaloError, NotFound, Unavailable
 from halo_forge.client import GatewayClient
 
 console = Console()

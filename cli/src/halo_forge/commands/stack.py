@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from halo_common.backend import capabilities, detect_backend
 from halo_common.errors import NotFound
 from halo_common.natsproc import find_nats_server
 from halo_common.paths import HaloPaths
+from rich.console import Console
+from rich.table import Table
+
 from halo_forge import stack
 from halo_forge.client import GatewayClient
 

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from halo_common.errors import BadRequest
+from halo_schemas.base import describe_validation_error
+from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyItem
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from halo_common.errors import BadRequest
 from halo_forge.client import GatewayClient
-from halo_schemas.base import describe_validation_error
-from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyItem
 
 console = Console()
 verifiers_app = typer.Typer(help="Verifiers: the reward functions of training and evaluation.", no_args_is_help=True)

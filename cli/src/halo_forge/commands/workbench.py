@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from halo_common.errors import BadRequest, NotFound, Unprocessable
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from halo_common.errors import BadRequest, NotFound, Unprocessable
 from halo_forge.client import GatewayClient
 
 console = Console()

@@ -7,11 +7,11 @@ import contextlib
 import logging
 from typing import Any
 
+from halo_common.errors import BadRequest, HaloError
 from pydantic import BaseModel
 
 from halo_bus import codec, tracing
 from halo_bus.api import Handler, JobDelivery
-from halo_common.errors import BadRequest, HaloError
 
 log = logging.getLogger("halo_bus")
 

@@ -23,9 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
-
 from halo_schemas.health import ServiceInfo
+from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Any], Awaitable[BaseModel]]

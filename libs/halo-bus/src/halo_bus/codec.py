@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
-
 from halo_common.errors import BadRequest
 from halo_schemas.base import UnknownSchema, describe_validation_error, model_for
+from pydantic import BaseModel, ValidationError
 
 SCHEMA_HEADER = "Halo-Schema"
 CORRELATION_HEADER = "Halo-Correlation-Id"

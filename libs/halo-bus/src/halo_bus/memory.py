@@ -13,16 +13,16 @@ import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from halo_common.errors import Unavailable
+from halo_schemas.health import ServiceInfo
 from pydantic import BaseModel
 
 from halo_bus import codec, subjects, tracing
 from halo_bus._shared import raise_if_error, run_job_handler, run_rpc_handler
 from halo_bus.api import Bus, EventRecord, Handler, JobDelivery, M, ServiceRegistration, Subscription
-from halo_common.errors import Unavailable
-from halo_schemas.health import ServiceInfo
 
 
 @dataclass

@@ -14,6 +14,8 @@ from typing import Any
 
 import nats
 import nats.micro
+from halo_common.errors import Unavailable
+from halo_schemas.health import ServiceInfo
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
@@ -26,8 +28,6 @@ from pydantic import BaseModel
 from halo_bus import codec, subjects, tracing
 from halo_bus._shared import raise_if_error, run_job_handler, run_rpc_handler
 from halo_bus.api import Bus, EventRecord, Handler, JobDelivery, M, ServiceRegistration, Subscription
-from halo_common.errors import Unavailable
-from halo_schemas.health import ServiceInfo
 
 log = logging.getLogger("halo_bus.nats")
 

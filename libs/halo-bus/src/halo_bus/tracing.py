@@ -6,8 +6,8 @@ Uses the global OpenTelemetry propagator and tracer provider, so it is a no-op u
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace

@@ -9,7 +9,7 @@ from halo_common.errors import (
     Unavailable,
     Unprocessable,
 )
-from halo_common.ids import new_id, id_prefix
+from halo_common.ids import id_prefix, new_id
 from halo_common.paths import HaloPaths
 from halo_common.settings import ConfigError, HaloSettings, load_settings
 

@@ -31,16 +31,16 @@ import sys
 import time
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
-from prometheus_client import CollectorRegistry, Counter, Histogram
-
 from halo_bus import Bus, NatsBus, Subscription, subjects
 from halo_bus.api import Handler, ServiceRegistration
 from halo_common.backend import detect_backend
 from halo_common.errors import Unavailable
 from halo_common.settings import ConfigError, HaloSettings, load_settings
 from halo_schemas.health import HealthRequest, HealthStatus, ServiceHealth
-from halo_telemetry import Telemetry, setup as telemetry_setup
+from halo_telemetry import Telemetry
+from halo_telemetry import setup as telemetry_setup
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import BaseModel
 
 log = logging.getLogger("halo_runtime")
 

@@ -47,7 +47,7 @@ def sample_nvidia() -> list[AcceleratorSample]:
     for i in range(pynvml.nvmlDeviceGetCount()):
         h = pynvml.nvmlDeviceGetHandleByIndex(i)
 
-        def read(fn: Any, *a: Any) -> Any:
+        def read(fn: Any, *a: Any, h: Any = h) -> Any:
             try:
                 return fn(h, *a)
             except Exception:
@@ -79,7 +79,7 @@ def sample_amd() -> list[AcceleratorSample]:
         return []
     out = []
     for i, h in enumerate(handles):
-        def read(fn: Any, *a: Any) -> Any:
+        def read(fn: Any, *a: Any, h: Any = h) -> Any:
             try:
                 return fn(h, *a)
             except Exception:

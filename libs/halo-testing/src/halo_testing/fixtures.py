@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
 from halo_bus import Bus, InMemoryBus, NatsBus
 from halo_common.natsproc import NatsProcess
 

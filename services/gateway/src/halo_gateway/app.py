@@ -15,13 +15,13 @@ import secrets
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from halo_bus import Bus
+from halo_common.errors import BadRequest, HaloError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
-from halo_bus import Bus
-from halo_common.errors import BadRequest, HaloError
 from halo_gateway import __version__, routes
 from halo_gateway.settings import GatewaySettings
 

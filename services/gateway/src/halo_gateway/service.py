@@ -8,11 +8,11 @@ import contextlib
 import logging
 
 import uvicorn
+from halo_runtime import Service
 
 from halo_gateway import __version__
 from halo_gateway.app import create_app
 from halo_gateway.settings import GatewaySettings
-from halo_runtime import Service
 
 log = logging.getLogger("halo_gateway")
 

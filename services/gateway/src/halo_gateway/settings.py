@@ -1,7 +1,6 @@
+from halo_common.settings import HaloSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
-
-from halo_common.settings import HaloSettings
 
 
 class GatewaySettings(HaloSettings):

@@ -6,14 +6,14 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from halo_bus import Bus, subjects
+from halo_common.errors import NotFound
+from halo_schemas.health import HealthRequest, ServiceHealth, ServiceInfo
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from halo_bus import Bus, subjects
-from halo_common.errors import NotFound
 from halo_gateway import __version__
 from halo_gateway.app import get_bus
-from halo_schemas.health import HealthRequest, ServiceHealth, ServiceInfo
 
 router = APIRouter()
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ValidationError
-
 from halo_bus import Bus, subjects
 from halo_common.errors import BadRequest, NotFound
 from halo_common.ids import new_id
-from halo_gateway.app import get_bus
 from halo_schemas.base import describe_validation_error
 from halo_schemas.jobs import JobEnvelope, JobState, JobStatus, JobSubmitted
 from halo_schemas.rollout import RolloutJobSpec, RolloutLoaded, RolloutLoadRequest, RolloutRequest, RolloutResult
+from pydantic import BaseModel, ValidationError
+
+from halo_gateway.app import get_bus
 
 router = APIRouter(tags=["rollout"])
 

@@ -29,12 +29,8 @@ from typing import Any, TypeVar
 import anyio
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ValidationError
-from starlette.background import BackgroundTask
-
 from halo_bus import Bus, subjects
 from halo_common.errors import BadRequest, Unavailable
-from halo_gateway.app import get_bus
 from halo_schemas.base import describe_validation_error
 from halo_schemas.registry import (
     EvalGrid,
@@ -62,6 +58,10 @@ from halo_schemas.registry import (
     RunSummary,
     RunTagRequest,
 )
+from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
+
+from halo_gateway.app import get_bus
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 M = TypeVar("M", bound=BaseModel)

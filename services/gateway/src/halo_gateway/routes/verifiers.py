@@ -6,9 +6,7 @@ import asyncio
 import time
 
 from fastapi import APIRouter, Depends, Request
-
 from halo_bus import Bus, subjects
-from halo_gateway.app import get_bus
 from halo_schemas.verifiers import (
     InventoryRequest,
     VerifierInventory,
@@ -18,6 +16,8 @@ from halo_schemas.verifiers import (
     VerifyRequest,
     VerifyResult,
 )
+
+from halo_gateway.app import get_bus
 
 router = APIRouter()
 
