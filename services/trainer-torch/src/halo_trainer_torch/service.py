@@ -31,7 +31,7 @@ from halo_trainer_torch.settings import TrainerTorchSettings
 
 log = logging.getLogger("halo_trainer_torch")
 
-METHODS = ("sft", "dpo", "orpo", "rm")
+METHODS = ("sft", "dpo", "orpo", "rm", "grpo", "raft")
 
 
 class TrainerTorch(Service):

@@ -22,5 +22,5 @@ class TrainerTorchSettings(HaloSettings):
         default=2.0, gt=0, description="Seconds between job-state KV updates (heartbeat, step, cancel polling)."
     )
     job_types: str = Field(
-        default="sft,dpo,orpo,rm", description="Comma-separated job types this instance consumes."
+        default="sft,dpo,orpo,rm,grpo,raft", description="Comma-separated job types this instance consumes."
     )
