@@ -171,6 +171,7 @@ def _batch() -> list[dict[str, Any]]:
     return [{"prompt": [{"role": "user", "content": f"q{i}"}], "halo_index": i} for i in (0, 1) for _ in range(G)]
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations, reached through TRL
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 def test_group_relative_advantages(scale: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     trainer = _trainer(tmp_path, tiny_model_dir, REWARDS, scale_rewards=scale)
@@ -221,6 +222,7 @@ def _hand_per_token(beta: float) -> tuple[list[list[float]], list[list[float]], 
     return loss, kls, ratios
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
 @pytest.mark.parametrize("beta", [0.0, 0.04])
 def test_clipped_objective_and_kl_match_the_formula(loss_type: str, beta: float, tmp_path: Path,

@@ -273,3 +273,25 @@ def test_curriculum_and_shaping_drive_each_cycle(warm_model: str, tmp_path: Path
     lengths = [len(json.loads(line)["messages"][0]["content"]) for line in TRAIN.read_text().splitlines()]
     assert [lengths[i] for i in first] == sorted(lengths)[:10]  # the easiest (shortest) prompts first
     assert cycles[0]["kept"] == cycles[0]["eligible"]  # keep fraction 1.0 in cycle 1
+
+
+def test_raft_with_lora_keeps_training_one_adapter_across_cycles(warm_model: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    s = run_job("raft", raft_spec(warm_model, cycles=2, finetune="lora", learning_rate=1e-2, prompts_per_cycle=20,
+                                  merge_adapter=True, eval_num_generations=2, sample_prompts=["tag:owl"],
+                                  sample_max_new_tokens=16), run)
+    assert s.state == JobState.SUCCEEDED, s.failure_reason
+    cycles = s.extras["cycles"]
+    assert [c["prompts"] for c in cycles] == [20, 20] and all(c["trained"] for c in cycles)
+    st = state_of(run)
+    assert st["cycles"]["2"]["stages"]["train"]["policy"] == "cycles/2/adapter"
+    from safetensors.torch import load_file
+
+    a1 = load_file(str(run / "cycles" / "1" / "adapter" / "adapter_model.safetensors"))
+    a2 = load_file(str(run / "cycles" / "2" / "adapter" / "adapter_model.safetensors"))
+    assert a1.keys() == a2.keys() and any(not (a1[k] == a2[k]).all() for k in a1)  # cycle 2 trained it further
+    exported = load_file(str(Path(s.outputs["adapter"]) / "adapter_model.safetensors"))
+    assert all((exported[k] == a2[k]).all() for k in a2)  # the last cycle's adapter is the run's adapter
+    assert (Path(s.outputs["final"]) / "model.safetensors").exists()  # and merged into the base
+    assert s.weights_updated and 0 < s.trainable_parameters < s.total_parameters  # type: ignore[operator]
+    assert [x["prompt"] for x in s.extras["samples"]] == ["tag:owl"]

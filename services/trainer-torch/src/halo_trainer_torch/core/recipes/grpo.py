@@ -91,9 +91,9 @@ METRIC_NAMES: dict[str, str | None] = {
 }
 
 
-def rename_metrics(metrics: dict[str, list[float]]) -> dict[str, list[float]]:
+def rename_metrics(metrics: dict[str, list[float]]) -> defaultdict[str, list[float]]:
     """TRL's accumulated metrics under our names (``a/b`` becomes ``a_b`` for anything not listed)."""
-    out: dict[str, list[float]] = defaultdict(list)
+    out: defaultdict[str, list[float]] = defaultdict(list)
     for key, values in metrics.items():
         new = METRIC_NAMES.get(key, key.replace("/", "_"))
         if new is not None:
@@ -185,16 +185,20 @@ def _trainer_cls() -> type:
         halo_pending: list[dict[str, Any]]
         halo_last_eval: EvalResult | None = None
 
+        @property
+        def halo_training(self) -> bool:
+            return bool(getattr(self.model, "training", False))
+
         def _prepare_inputs(self, inputs: Any) -> dict[str, Any]:  # type: ignore[override]
             # GRPO's input is a generation batch (a list of rows), not a collated dict: generate, score, buffer;
             # then count the prompt + completion tokens this micro-batch trains on.
             out = GRPOTrainer._prepare_inputs(self, inputs)
-            if self.model.training:
+            if self.halo_training:
                 self.halo_tokens_local += int(out["prompt_mask"].sum()) + int(out["completion_mask"].sum())
             return out
 
         def halo_on_batch(self, batch: RewardBatch, kwargs: dict[str, Any], prompts: list[Any], texts: list[str]) -> None:
-            mode = "train" if self.model.training else "eval"
+            mode = "train" if self.halo_training else "eval"
             for k, v in batch.stats().items():
                 if k not in ("reward_mean", "reward_std"):  # TRL logs those from the returned totals
                     self._metrics[mode][k].append(v)
@@ -207,7 +211,7 @@ def _trainer_cls() -> type:
                 self.halo_pending = rows
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            mode = "train" if self.model.training else "eval"
+            mode = "train" if self.halo_training else "eval"
             self._metrics[mode] = rename_metrics(self._metrics[mode])
             pending = getattr(self, "halo_pending", None)
             if mode == "train" and pending and self.halo_samples is not None and is_main_process():
@@ -235,7 +239,7 @@ def _trainer_cls() -> type:
     return HaloGRPOTrainer
 
 
-def grpo_config_kwargs(ctx: JobContext, reward: VerifierReward) -> dict[str, Any]:
+def grpo_config_kwargs(ctx: JobContext) -> dict[str, Any]:
     """TrainingArguments shared by every recipe + GRPO's own (TRL ``GRPOConfig`` fields)."""
     spec: GRPOSpec = ctx.spec  # type: ignore[assignment]
     kw = training_kwargs(ctx)
@@ -333,7 +337,7 @@ def train(ctx: JobContext) -> RecipeResult:
 
         scored.__name__ = "verifiers"
         callback = make_callback(ctx)
-        args = GRPOConfig(**grpo_config_kwargs(ctx, reward))
+        args = GRPOConfig(**grpo_config_kwargs(ctx))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*rollout_func.*experimental.*")
             trainer = _trainer_cls()(

@@ -449,7 +449,7 @@ class Raft:
         return rows
 
     def execute(self) -> RecipeResult:
-        ctx, spec, state = self.ctx, self.spec, self.state
+        spec, state = self.spec, self.state
         attempt = state.start_attempt()
         self.reward = VerifierReward(spec.verifiers, make_transport(spec.verifier_transport),
                                      use_cache=spec.verifier_cache, timeout_s=spec.verifier_timeout_s)
@@ -541,11 +541,12 @@ class Raft:
 
     def finish(self, ev_before: EvalResult, eval_prompts: list[RLPrompt], eval_on: str,
                before_samples: list[str] | None, trainable: int, total: int, resumed_step: int | None) -> RecipeResult:
-        ctx, spec, state = self.ctx, self.spec, self.state
+        spec, state = self.spec, self.state
         assert self.reward is not None
         final_rel = state.policy_before(spec.cycles + 1)
         steps = state.step_before(spec.cycles + 1)
-        policy = self.load_policy(final_rel, trainable=False)
+        # trainable=True: the fingerprint below compares the same (trainable) parameters as at the start
+        policy = self.load_policy(final_rel, trainable=True)
         ev_after = evaluate_policy(policy, self.tok, eval_prompts, self.reward, spec, seed=spec.seed)
         extras: dict[str, Any] = eval_summary(ev_before, ev_after, eval_on)
         rows = self.cycle_rows()
