@@ -62,7 +62,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
 from halo_bus import NatsBus, subjects
 from halo_common.natsproc import NatsProcess
 from halo_schemas.health import HealthRequest, ServiceHealth

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from halo_bus import InMemoryBus
 from halo_gateway.app import create_app
 from halo_gateway.settings import GatewaySettings

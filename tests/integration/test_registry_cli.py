@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from halo_bus import NatsBus
 from halo_common.natsproc import NatsProcess
+from halo_forge import main as main_mod
 from halo_forge.commands import replay as replay_cmd
 from halo_forge.commands import runs as runs_cmd
-from halo_forge import main as main_mod
 from halo_forge.main import main
 from halo_gateway.service import Gateway
 from halo_gateway.settings import GatewaySettings

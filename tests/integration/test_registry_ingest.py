@@ -8,9 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, select
-
 from halo_bus import NatsBus, subjects
 from halo_common.natsproc import NatsProcess
 from halo_registry.core.db import metrics
@@ -18,6 +15,8 @@ from halo_registry.service import Registry
 from halo_registry.settings import RegistrySettings
 from halo_registry.testing import RegistryDb, RunEmitter, registry_db  # noqa: F401
 from halo_schemas.registry import RunMetricsRequest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from halo_bus import NatsBus, subjects
 from halo_common.natsproc import free_port
 from halo_gateway.app import create_app
@@ -31,6 +29,7 @@ from halo_schemas.rollout import (
     SampleParams,
     SampleRequest,
 )
+from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.integration
 
@@ -139,11 +138,10 @@ async def test_reward_workbench_dry_run_end_to_end(rollout: Rollout, nats_bus: N
                                                    tiny_model_dir: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("halo_verifier_sandbox.service")
-    from typer.testing import CliRunner
-
     from halo_forge.main import app
     from halo_verifier_sandbox.service import VerifierSandbox
     from halo_verifier_sandbox.settings import VerifierSandboxSettings
+    from typer.testing import CliRunner
 
     verifier = VerifierSandbox(VerifierSandboxSettings(home=tmp_path / "vhome"), nats_bus)
     await verifier.start()

@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from halo_common.natsproc import free_port
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from halo_bus import NatsBus, subjects
 from halo_common.natsproc import NatsProcess, free_port
 from halo_schemas.health import HealthRequest, ServiceHealth

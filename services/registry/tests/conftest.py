@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from halo_registry.core.store import CostConfig, RegistryStore
 from halo_registry.testing import RegistryDb, registry_db  # noqa: F401  (fixture)
 

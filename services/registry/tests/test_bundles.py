@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from halo_common.errors import BadRequest, Conflict, NotFound
 from halo_registry.core.bundles import MANIFEST
 from halo_registry.core.store import RegistryStore

@@ -6,12 +6,11 @@ import random
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
-
 from halo_registry.core.db import metrics, runs
 from halo_registry.core.store import RegistryStore
 from halo_registry.testing import T0, RunEmitter, loss_at
 from halo_schemas.registry import RunDeleteRequest, RunMetricsRequest, RunSearch
+from sqlalchemy import func, select
 
 
 def _count(store: RegistryStore, table=metrics) -> int:  # noqa: ANN001

@@ -6,13 +6,12 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-from sqlalchemy import inspect, text
-
 from halo_registry.core import migrate
 from halo_registry.core.db import database_url, make_engine, metadata, open_database
 from halo_registry.core.store import RegistryStore
 from halo_registry.testing import RegistryDb
 from halo_schemas.registry import RunCostRequest, RunMetricsRequest, RunSearch
+from sqlalchemy import inspect, text
 
 
 def _engine(db: RegistryDb):  # noqa: ANN202

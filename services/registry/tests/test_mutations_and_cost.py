@@ -6,7 +6,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from halo_common.errors import Conflict, NotFound
 from halo_registry.core.cost import compute_cost, mean_power
 from halo_registry.core.store import RegistryStore

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pydantic import ValidationError
-
 from halo_common.errors import NotFound
 from halo_registry.core.store import RegistryStore
 from halo_registry.testing import RunEmitter
@@ -20,6 +18,7 @@ from halo_schemas.registry import (
     RunMetricsRequest,
     RunSearch,
 )
+from pydantic import ValidationError
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 

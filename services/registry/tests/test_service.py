@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-
 from halo_bus import InMemoryBus, subjects
 from halo_common.errors import BadRequest, Conflict, NotFound
 from halo_registry.client import RegistryClient

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from halo_common.errors import BadRequest, NotFound
 from halo_rollout.core.backends.transformers_backend import TransformersBackend
 from halo_rollout.core.cache import ModelCache
 from halo_rollout.core.jobs import completed_lines, load_requests, run_rollout_job
 from halo_schemas.rollout import RolloutJobSpec, SampleParams, SampleRequest
+from transformers import AutoModelForCausalLM
 
 
 @pytest.fixture(scope="module")

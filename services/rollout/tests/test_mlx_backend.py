@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from halo_rollout.core.backends.transformers_backend import TransformersBackend
 from halo_schemas.rollout import ChatTurn, SampleParams, SampleRequest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")

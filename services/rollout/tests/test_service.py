@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from halo_bus import InMemoryBus, subjects
 from halo_common.errors import BadRequest, NotFound
 from halo_common.settings import ConfigError, load_settings

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from halo_common.errors import BadRequest, NotFound, Unprocessable
 from halo_rollout.core.backends.base import derive_seed, find_stop
 from halo_rollout.core.backends.transformers_backend import TransformersBackend
 from halo_schemas.rollout import ChatTurn, SampleParams, SampleRequest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 PROMPTS = ["The quick brown fox", "hello", "Once upon a time there was a", "def add(a, b):", "x"]
 GREEDY = SampleParams(temperature=0, max_new_tokens=12)

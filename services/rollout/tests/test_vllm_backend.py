@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from halo_common.errors import BadRequest, Unprocessable
 from halo_rollout.core.backends import make_backend, resolve_backend
 from halo_rollout.core.backends.base import derive_seed

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from halo_rollout.core.workbench import PromptRewards, analyze_rewards, histogram, pearson, ranks, spearman
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pytest
-
 import halo_verifier_sandbox.core.verifiers  # noqa: F401  (registers the built-ins)
+import pytest
 from halo_verifier_sandbox.core.base import Runtime
 from halo_verifier_sandbox.core.engine import VerifierEngine, _expose_toolchains
 from halo_verifier_sandbox.core.registry import REGISTRY

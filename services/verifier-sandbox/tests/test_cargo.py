@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from halo_schemas.verifiers import IOCase, VerifierSpec, VerifyContext, VerifyStage
 from halo_verifier_sandbox.core.engine import VerifierEngine
 

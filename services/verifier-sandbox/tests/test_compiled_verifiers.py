@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from halo_schemas.verifiers import IOCase, VerifierSpec, VerifyContext, VerifyResult, VerifyStage
 from halo_verifier_sandbox.core.engine import VerifierEngine
 from halo_verifier_sandbox.core.toolchains import missing

@@ -7,7 +7,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from halo_common.errors import BadRequest
 from halo_schemas.verifiers import IOCase, VerifierSpec, VerifyContext, VerifyItem, VerifyResult, VerifyStage
 from halo_verifier_sandbox.core.base import Verifier

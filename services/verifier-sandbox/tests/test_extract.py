@@ -1,5 +1,4 @@
 import pytest
-
 from halo_verifier_sandbox.core.extract import detect_language, extract_code, normalize_language
 
 

@@ -5,7 +5,6 @@ below 1.0 (syntax errors exactly 0.0)."""
 from __future__ import annotations
 
 import pytest
-
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyItem, VerifyStage
 from halo_verifier_sandbox.core.engine import VerifierEngine
 

@@ -1,6 +1,5 @@
 import pytest
-
-from halo_verifier_sandbox.core.base import Ladder, compile_reward, run_reward, pass_rate_reward
+from halo_verifier_sandbox.core.base import Ladder, compile_reward, pass_rate_reward, run_reward
 from halo_verifier_sandbox.core.matching import MatchParams, outputs_match
 
 

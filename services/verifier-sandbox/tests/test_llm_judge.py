@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-
 from halo_common.errors import BadRequest
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyStage
 from halo_verifier_sandbox.core.engine import VerifierEngine

@@ -7,13 +7,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from pydantic import Field
-
 from halo_common.errors import BadRequest, NotFound
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyStage
 from halo_verifier_sandbox.core.base import Verifier, VerifierParams
 from halo_verifier_sandbox.core.engine import VerifierEngine
 from halo_verifier_sandbox.core.registry import REGISTRY, VerifierRegistry, register_verifier
+from pydantic import Field
 
 GOOD = '''
 from pydantic import Field

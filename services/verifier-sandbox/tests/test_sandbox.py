@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from halo_verifier_sandbox.core.sandbox import (
     Mechanism,
     Sandbox,

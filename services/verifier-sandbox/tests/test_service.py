@@ -11,7 +11,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from halo_bus import Bus, subjects
 from halo_common.errors import BadRequest, NotFound
 from halo_schemas.health import HealthRequest, HealthStatus

@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 import sacrebleu
-from rouge_score import rouge_scorer
-from sacrebleu.metrics import CHRF
-
 from halo_common.errors import BadRequest
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyResult, VerifyStage
 from halo_verifier_sandbox.core.engine import VerifierEngine
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import CHRF
 
 HYPS = [
     "The quick brown fox jumps over the lazy dog.",

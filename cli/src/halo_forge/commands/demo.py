@@ -14,11 +14,12 @@ import os
 from typing import Any
 
 import typer
-from halo_common.errors import HaloError
+from halo_common.errors import BadRequest, HaloError
 from rich.console import Console
 from rich.table import Table
 
 from halo_forge.client import GatewayClient
+from halo_forge.commands.demo_rl import run_rl_stage
 
 console = Console()
 
@@ -92,18 +93,24 @@ def comparison_table(sft: dict[str, Any], dpo: dict[str, Any] | None) -> Table:
 def demo(
     sft_epochs: float = typer.Option(40, "--sft-epochs", help="SFT passes over the bundled task."),
     dpo_epochs: float = typer.Option(20, "--dpo-epochs", help="DPO passes over the preference pairs."),
-    skip_dpo: bool = typer.Option(False, "--skip-dpo", help="Stop after SFT."),
+    skip_dpo: bool = typer.Option(False, "--skip-dpo", help="Skip the DPO stage."),
+    rl: str = typer.Option("raft", "--rl", help="RL stage with verifier-grounded rewards: raft | grpo | none."),
 ) -> None:
-    """Run SFT then DPO on the tiny model through the local stack and compare answers before/after."""
+    """Run SFT, DPO and an RL stage (RAFT or GRPO, rewarded by a verifier over the bus) on the tiny model
+    through the local stack, and compare answers and rewards before/after."""
+    if rl not in ("raft", "grpo", "none"):
+        raise BadRequest(f"--rl must be raft, grpo or none, got {rl!r}", param="rl")
+    stages = 1 + (not skip_dpo) + (rl != "none")
     client = GatewayClient(gateway_url(), os.environ.get("HALO_TOKEN"))
-    sft = _run(client, "sft", sft_spec(sft_epochs), "1/2 SFT: teach a random tiny Llama which animal makes which sound")
+    sft = _run(client, "sft", sft_spec(sft_epochs),
+               f"1/{stages} SFT: teach a random tiny Llama which animal makes which sound")
+    final = (sft.get("outputs") or {}).get("final")
+    if not final:
+        raise HaloError("the SFT job wrote no final model; cannot continue")
     dpo = None
     if not skip_dpo:
-        final = (sft.get("outputs") or {}).get("final")
-        if not final:
-            raise HaloError("the SFT job wrote no final model; cannot continue with DPO")
         dpo = _run(client, "dpo", dpo_spec(final, dpo_epochs),
-                   "2/2 DPO (RPO loss, LoRA): prefer 'moo!' over 'moo.' on top of the SFT model")
+                   f"2/{stages} DPO (RPO loss, LoRA): prefer 'moo!' over 'moo.' on top of the SFT model")
     console.rule("[bold]before / after")
     console.print(comparison_table(sft, dpo))
     lines = [f"SFT loss {sft.get('loss_first', 0):.3f} → {sft.get('loss_last', 0):.3f} in {sft.get('steps')} steps "
@@ -115,6 +122,9 @@ def demo(
         lines.append(f"adapter: {(dpo.get('outputs') or {}).get('adapter')}")
     for line in lines:
         console.print(line)
+    if rl != "none":
+        console.rule(f"[bold]{stages}/{stages} {rl.upper()}")
+        run_rl_stage(client, final, method=rl, step_label=f"{stages}/{stages}")
 
 
 def register(app: typer.Typer) -> None:

@@ -23,11 +23,12 @@ from rich.text import Text
 from halo_forge.client import GatewayClient
 
 console = Console()
-train_app = typer.Typer(help="Train a model as a durable job: sft | dpo | orpo | rm.", no_args_is_help=True)
+train_app = typer.Typer(help="Train a model as a durable job: sft | dpo | orpo | rm | grpo | raft.", no_args_is_help=True)
 
 #: Metrics shown next to the progress bar, in order, with their short labels.
 BAR_METRICS = (("loss", "loss"), ("learning_rate", "lr"), ("grad_norm", "gnorm"), ("tokens_per_second", "tok/s"),
-               ("reward_accuracy", "acc"), ("reward_margin", "margin"), ("accuracy", "acc"), ("eval_loss", "eval"))
+               ("reward_accuracy", "acc"), ("reward_margin", "margin"), ("accuracy", "acc"), ("eval_loss", "eval"),
+               ("reward_mean", "reward"), ("pass_rate", "pass"), ("cycle", "cycle"))
 
 
 def load_config(path: Path | None) -> dict[str, Any]:

@@ -7,11 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import BaseModel
-from sqlalchemy import exc as sa_exc
-
 from halo_common.errors import Conflict, Unavailable
-from halo_registry.core.store import RegistryStore
 from halo_schemas.registry import (
     EvalGridRequest,
     EvalRecordRequest,
@@ -26,6 +22,10 @@ from halo_schemas.registry import (
     RunSearch,
     RunTagRequest,
 )
+from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
+
+from halo_registry.core.store import RegistryStore
 
 
 def threaded(fn: Callable[[Any], BaseModel]) -> Callable[[Any], Awaitable[BaseModel]]:

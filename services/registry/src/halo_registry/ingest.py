@@ -24,16 +24,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from halo_bus import Bus, EventRecord, NatsBus, Subscription, codec, subjects
+from halo_schemas.events import RunEvent
 from nats.js import api as jsapi
 from nats.js.errors import BadRequestError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import exc as sa_exc
 
-from halo_bus import Bus, EventRecord, NatsBus, Subscription, codec, subjects
 from halo_registry.core.ingest import IngestStats
 from halo_registry.core.store import RegistryStore
 from halo_registry.settings import RegistrySettings
-from halo_schemas.events import RunEvent
 
 log = logging.getLogger("halo_registry.ingest")
 

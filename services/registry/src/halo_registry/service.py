@@ -12,16 +12,16 @@ import asyncio
 import logging
 import time
 
-from prometheus_client import CollectorRegistry
-from sqlalchemy import exc as sa_exc
-from prometheus_client.core import GaugeMetricFamily
-
 from halo_common.errors import Unavailable
+from halo_runtime import Service
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import exc as sa_exc
+
 from halo_registry import __version__, handlers
 from halo_registry.core.store import CostConfig, RegistryStore
 from halo_registry.ingest import IngestMetrics, IngestWorker
 from halo_registry.settings import RegistrySettings
-from halo_runtime import Service
 
 log = logging.getLogger("halo_registry")
 

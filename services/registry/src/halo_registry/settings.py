@@ -1,7 +1,7 @@
+from halo_common.settings import HaloSettings
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from halo_common.settings import HaloSettings
 from halo_registry.core.cost import DEFAULT_NOMINAL_WATTS
 
 

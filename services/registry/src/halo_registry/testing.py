@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from halo_bus import subjects
 from halo_common.ids import new_id
 from halo_schemas.events import (

@@ -17,16 +17,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from halo_bus import subjects
 from halo_bus.api import JobDelivery
 from halo_common.errors import BadRequest, HaloError
-from halo_rollout.core.jobs import JobProgress, completed_lines, run_rollout_job, summarize
 from halo_schemas.base import describe_validation_error
 from halo_schemas.events import RunArtifactAdded, RunEvent, RunFinished, RunProgressed, RunStarted
 from halo_schemas.jobs import JobEnvelope, JobState, JobStatus
 from halo_schemas.rollout import RolloutJobSpec, RolloutLoaded, RolloutLoadRequest, RolloutRequest, RolloutResult
+from pydantic import ValidationError
+
+from halo_rollout.core.jobs import JobProgress, completed_lines, run_rollout_job, summarize
 
 if TYPE_CHECKING:
     from halo_rollout.service import Rollout

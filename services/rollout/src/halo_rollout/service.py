@@ -19,18 +19,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from halo_bus import Bus, subjects
+from halo_runtime import Service
+from halo_schemas.jobs import JobEnvelope
+from halo_schemas.rollout import RolloutLoadRequest, RolloutRequest
+from halo_telemetry import Telemetry
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from halo_bus import Bus, subjects
 from halo_rollout import __version__, handlers
 from halo_rollout.core.backends import make_backend, resolve_backend
 from halo_rollout.core.backends.base import RolloutBackend
 from halo_rollout.core.cache import ModelCache
 from halo_rollout.settings import RolloutSettings
-from halo_runtime import Service
-from halo_schemas.jobs import JobEnvelope
-from halo_schemas.rollout import RolloutLoadRequest, RolloutRequest
-from halo_telemetry import Telemetry
 
 T = TypeVar("T")
 

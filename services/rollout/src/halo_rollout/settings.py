@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from halo_common.settings import HaloSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
-
-from halo_common.settings import HaloSettings
 
 
 class RolloutSettings(HaloSettings):

@@ -18,6 +18,7 @@ from halo_schemas.verifiers import (
     VerifyResult,
     VerifyStage,
 )
+
 from halo_verifier_sandbox.core.base import Ladder, Runtime, Verifier, VerifierParams
 from halo_verifier_sandbox.core.engine import VerifierEngine
 from halo_verifier_sandbox.core.extract import detect_language, extract_code

@@ -18,18 +18,18 @@ import functools
 import logging
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
 from halo_bus import Bus
+from halo_runtime import Service
 from halo_schemas.verifiers import InventoryRequest, VerifyBatchRequest, VerifyRequest
 from halo_telemetry import Telemetry
+from prometheus_client import CollectorRegistry
+
 from halo_verifier_sandbox import __version__, handlers
 from halo_verifier_sandbox.core.cache import ResultCache
 from halo_verifier_sandbox.core.engine import VerifierEngine
 from halo_verifier_sandbox.core.registry import REGISTRY
 from halo_verifier_sandbox.metrics import VerifierMetrics
 from halo_verifier_sandbox.settings import VerifierSandboxSettings
-from halo_runtime import Service
 
 log = logging.getLogger("halo_verifier_sandbox")
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from halo_common.settings import HaloSettings
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
-
-from halo_common.settings import HaloSettings
 
 
 class VerifierSandboxSettings(HaloSettings):

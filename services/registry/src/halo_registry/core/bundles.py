@@ -33,11 +33,13 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from halo_common.errors import BadRequest, Conflict, NotFound
+from halo_schemas.base import describe_validation_error
+from halo_schemas.registry import BundleFile, BundleManifest, RunBundle, RunDetail
 from pydantic import ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
-from halo_common.errors import BadRequest, Conflict, NotFound
 from halo_registry.core.db import (
     Database,
     artifacts,
@@ -52,8 +54,6 @@ from halo_registry.core.db import (
 )
 from halo_registry.core.ingest import utc, write_points
 from halo_registry.core.mutations import remove_run_rows
-from halo_schemas.base import describe_validation_error
-from halo_schemas.registry import BundleFile, BundleManifest, RunBundle, RunDetail
 
 MANIFEST = "MANIFEST.json"
 SUFFIX = ".halo-bundle.tar.gz"

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from halo_schemas.registry import RunCost, RunSummary
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from halo_registry.core.db import power_samples
-from halo_schemas.registry import RunCost, RunSummary
 
 #: Whole-machine draw while training, in watts, when nothing was measured. Rough on purpose:
 #: one mid-range accelerator plus host. Override with HALO_REGISTRY_NOMINAL_WATTS.

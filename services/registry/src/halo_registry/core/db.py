@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from halo_common.errors import Unavailable
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -45,8 +46,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.types import TypeDecorator
-
-from halo_common.errors import Unavailable
 
 
 class UTCDateTime(TypeDecorator[datetime]):

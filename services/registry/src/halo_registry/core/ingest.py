@@ -17,6 +17,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from halo_schemas.events import (
+    RunArtifactAdded,
+    RunCheckpointed,
+    RunEvent,
+    RunFinished,
+    RunProgressed,
+    RunStarted,
+)
+from halo_schemas.jobs import JobState
 from sqlalchemy import case, select, update
 from sqlalchemy.engine import Connection
 
@@ -30,15 +39,6 @@ from halo_registry.core.db import (
     run_tags,
     runs,
 )
-from halo_schemas.events import (
-    RunArtifactAdded,
-    RunCheckpointed,
-    RunEvent,
-    RunFinished,
-    RunProgressed,
-    RunStarted,
-)
-from halo_schemas.jobs import JobState
 
 #: A progressed event's metric with this name is also a power sample for the measured cost.
 POWER_METRIC = "power_watts"

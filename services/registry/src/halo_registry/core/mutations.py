@@ -5,10 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from halo_common.errors import Conflict
+from halo_schemas.base import utcnow
+from halo_schemas.jobs import JobState
+from halo_schemas.registry import EvalRecordRequest, RunDeleted, RunDeleteRequest, RunNoteRequest, RunTagRequest
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
-from halo_common.errors import Conflict
 from halo_registry.core.db import (
     Database,
     artifacts,
@@ -23,9 +26,6 @@ from halo_registry.core.db import (
     runs,
 )
 from halo_registry.core.queries import run_row
-from halo_schemas.base import utcnow
-from halo_schemas.jobs import JobState
-from halo_schemas.registry import EvalRecordRequest, RunDeleted, RunDeleteRequest, RunNoteRequest, RunTagRequest
 
 
 def tag(conn: Connection, db: Database, req: RunTagRequest) -> None:

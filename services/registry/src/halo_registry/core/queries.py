@@ -9,26 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, true
-from sqlalchemy.engine import Connection, Row
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.expression import Alias, FromClause
-
 from halo_common.errors import NotFound
-from halo_registry.core.db import (
-    ROLLUP_STEPS,
-    Database,
-    artifacts,
-    eval_results,
-    lineage,
-    metric_names,
-    metric_rollups,
-    metric_stats,
-    metrics,
-    run_tags,
-    runs,
-)
 from halo_schemas.registry import (
     DEFAULT_COMPARE_METRICS,
     FACET_FIELDS,
@@ -48,6 +29,25 @@ from halo_schemas.registry import (
     RunSearch,
     RunsPage,
     RunSummary,
+)
+from sqlalchemy import and_, func, or_, select, true
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.expression import Alias, FromClause
+
+from halo_registry.core.db import (
+    ROLLUP_STEPS,
+    Database,
+    artifacts,
+    eval_results,
+    lineage,
+    metric_names,
+    metric_rollups,
+    metric_stats,
+    metrics,
+    run_tags,
+    runs,
 )
 
 SUMMARY_COLUMNS = (

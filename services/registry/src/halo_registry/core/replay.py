@@ -6,11 +6,10 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from halo_common.errors import NotFound, Unprocessable
 from halo_schemas.base import describe_validation_error
 from halo_schemas.registry import ReplayInfo, ReplayManifest
+from pydantic import ValidationError
 
 REPLAY_FILE = "replay.json"
 

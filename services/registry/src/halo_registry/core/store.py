@@ -13,16 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import func, select
-from sqlalchemy.engine import Connection
-
 from halo_common.errors import BadRequest
 from halo_common.paths import HaloPaths
-from halo_registry.core import bundles, cost, mutations, queries
-from halo_registry.core.cost import DEFAULT_NOMINAL_WATTS
-from halo_registry.core.db import Database, open_database, runs
-from halo_registry.core.ingest import IngestStats, apply_events
-from halo_registry.core.replay import REPLAY_FILE, load_replay
 from halo_schemas.events import RunEvent
 from halo_schemas.registry import (
     EvalGrid,
@@ -49,6 +41,14 @@ from halo_schemas.registry import (
     RunSummary,
     RunTagRequest,
 )
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from halo_registry.core import bundles, cost, mutations, queries
+from halo_registry.core.cost import DEFAULT_NOMINAL_WATTS
+from halo_registry.core.db import Database, open_database, runs
+from halo_registry.core.ingest import IngestStats, apply_events
+from halo_registry.core.replay import REPLAY_FILE, load_replay
 
 
 @dataclass(frozen=True)

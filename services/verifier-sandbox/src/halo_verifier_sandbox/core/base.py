@@ -34,9 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from pydantic import BaseModel, ConfigDict
 
-from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from halo_verifier_sandbox.core.sandbox import COMPILE_LIMITS, RUN_LIMITS, Sandbox, SandboxLimits
 from halo_verifier_sandbox.core.toolchains import Toolchains
 

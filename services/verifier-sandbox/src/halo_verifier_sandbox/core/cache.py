@@ -24,9 +24,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from halo_schemas.verifiers import VerifyContext, VerifyResult
+from pydantic import BaseModel
 
 #: error types that say nothing about the completion: never cached
 UNCACHEABLE_ERRORS = frozenset({"unavailable", "sandbox_unavailable", "internal", "judge_request_failed"})

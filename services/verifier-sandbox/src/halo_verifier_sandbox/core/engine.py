@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyItem, VerifyResult
+
 from halo_verifier_sandbox.core.base import Runtime, Verifier, VerifierParams
 from halo_verifier_sandbox.core.cache import ResultCache, cache_key, cacheable_result
 from halo_verifier_sandbox.core.registry import REGISTRY, RegistryEntry, VerifierRegistry

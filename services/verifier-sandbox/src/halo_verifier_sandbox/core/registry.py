@@ -36,8 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from halo_common.errors import BadRequest, NotFound
 from halo_schemas.verifiers import (
     PluginProblem,
@@ -48,6 +46,8 @@ from halo_schemas.verifiers import (
     VerifyResult,
     VerifyStage,
 )
+from pydantic import ValidationError
+
 from halo_verifier_sandbox.core.base import Availability, NoParams, Runtime, Verifier, VerifierParams
 
 log = logging.getLogger("halo_verifier_sandbox.registry")

@@ -12,6 +12,7 @@ from typing import Any
 
 from halo_common.backend import Backend, capabilities, detect_backend
 from halo_common.errors import BadRequest
+
 from halo_rollout.core.backends.base import RolloutBackend
 
 BACKENDS = ("transformers", "vllm", "mlx")

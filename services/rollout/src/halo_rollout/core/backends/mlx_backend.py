@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from halo_common.errors import BadRequest, Unprocessable
+from halo_schemas.rollout import Completion, SampleParams, SampleRequest, SampleResult
+
 from halo_rollout.core.backends.base import (
     PreparedRequest,
     StopWatcher,
@@ -40,7 +42,6 @@ from halo_rollout.core.backends.base import (
     prepare,
     safetensors_files,
 )
-from halo_schemas.rollout import Completion, SampleParams, SampleRequest, SampleResult
 
 INSTALL_HINT = "MLX is not installed here: pip install 'halo-rollout[mlx]' (Apple silicon) or 'mlx[cpu]' mlx-lm (Linux)"
 

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from halo_common.errors import BadRequest, Unprocessable
+from halo_schemas.rollout import Completion, SampleParams, SampleRequest, SampleResult
+
 from halo_rollout.core.backends.base import (
     PreparedRequest,
     StopWatcher,
@@ -54,7 +55,6 @@ from halo_rollout.core.backends.base import (
     prepare,
     safetensors_files,
 )
-from halo_schemas.rollout import Completion, SampleParams, SampleRequest, SampleResult
 
 # adapter_config.json keys that decide the adapter's structure or scaling: when they are equal, a new
 # adapter's weights can be copied into the loaded one in place.

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from halo_common.errors import BadRequest, Unprocessable
+from halo_schemas.rollout import Completion, SampleParams, SampleRequest, SampleResult
+
 from halo_rollout.core.backends.base import (
     PreparedRequest,
     WeightsSource,
@@ -43,7 +45,6 @@ from halo_rollout.core.backends.base import (
     prepare,
     safetensors_files,
 )
-from halo_schemas.rollout import Completion, SampleParams, SampleRequest, SampleResult
 
 INSTALL_HINT = "vLLM is not installed here: pip install 'halo-rollout[vllm]' on a CUDA/ROCm machine"
 

@@ -16,9 +16,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from halo_schemas.verifiers import IOCase, VerifyContext, VerifyResult, VerifyStage
 from pydantic import Field
 
-from halo_schemas.verifiers import IOCase, VerifyContext, VerifyResult, VerifyStage
 from halo_verifier_sandbox.core.base import Ladder, Verifier, VerifierParams, compile_reward, run_reward
 from halo_verifier_sandbox.core.extract import ExtractedCode, extract_code, normalize_language
 from halo_verifier_sandbox.core.matching import MatchParams, outputs_match

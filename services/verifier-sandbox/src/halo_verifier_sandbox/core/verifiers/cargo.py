@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from pydantic import Field
 
-from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from halo_verifier_sandbox.core.base import Availability, compile_reward, pass_rate_reward
 from halo_verifier_sandbox.core.extract import extract_code
 from halo_verifier_sandbox.core.registry import register_verifier

@@ -9,12 +9,12 @@ import re
 import secrets
 from typing import Any, Literal
 
+from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from pydantic import Field, field_validator, model_validator
 
-from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
+from halo_verifier_sandbox.core.base import Verifier
 from halo_verifier_sandbox.core.extract import extract_code
 from halo_verifier_sandbox.core.registry import coerce_result, register_verifier
-from halo_verifier_sandbox.core.base import Verifier
 from halo_verifier_sandbox.core.verifiers._code import DETAIL_CHARS, RunParams, env_for
 
 _RUNNER = r'''

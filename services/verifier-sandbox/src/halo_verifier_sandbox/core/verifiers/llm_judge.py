@@ -24,9 +24,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from pydantic import Field, model_validator
 
-from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from halo_verifier_sandbox.core.base import Verifier, VerifierParams
 from halo_verifier_sandbox.core.extract import fenced_blocks, strip_reasoning
 from halo_verifier_sandbox.core.registry import register_verifier

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
-
 from halo_common.errors import BadRequest
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyResult
+from pydantic import Field
+
 from halo_verifier_sandbox.core.base import Availability, Runtime, Verifier, VerifierParams
 from halo_verifier_sandbox.core.extract import extract_code, normalize_language
 from halo_verifier_sandbox.core.registry import register_verifier

@@ -9,9 +9,9 @@ import secrets
 import xml.etree.ElementTree as ET
 from typing import Any, Literal
 
+from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from pydantic import Field
 
-from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from halo_verifier_sandbox.core.base import Ladder, Verifier, pass_rate_reward
 from halo_verifier_sandbox.core.extract import extract_code
 from halo_verifier_sandbox.core.registry import register_verifier

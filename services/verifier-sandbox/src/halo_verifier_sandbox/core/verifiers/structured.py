@@ -7,9 +7,9 @@ import re
 from typing import Any, Literal
 
 import jsonschema
+from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from pydantic import Field, field_validator, model_validator
 
-from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from halo_verifier_sandbox.core.base import Verifier, VerifierParams
 from halo_verifier_sandbox.core.extract import fenced_blocks, strip_reasoning
 from halo_verifier_sandbox.core.registry import register_verifier

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from pydantic import Field
 
-from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from halo_verifier_sandbox.core.base import Verifier, VerifierParams
 from halo_verifier_sandbox.core.extract import strip_reasoning
 from halo_verifier_sandbox.core.registry import register_verifier
