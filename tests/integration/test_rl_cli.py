@@ -6,78 +6,28 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from halo_common.natsproc import NatsProcess, free_port
+from halo_testing.stack import ProcessStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CLI = str(Path(sys.executable).parent / "halo-forge")
 DATA = Path(__file__).resolve().parents[2] / "services" / "trainer-torch" / "src" / "halo_trainer_torch" / "data"
 TRAIN, HELD_OUT = DATA / "rl_tags_train.jsonl", DATA / "rl_tags_heldout.jsonl"
 PATTERNS = '{"patterns": ["^<answer>", "</answer>$", "^<answer>[a-z]+</answer>$"]}'
 
 
-class Stack:
-    def __init__(self, root: Path) -> None:
-        self.root, self.home = root, root / "home"
-        self.nats = NatsProcess.start(root / "nats", log_file=root / "nats.log")
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, "HALO_HOME": str(self.home), "HALO_NATS_URL": self.nats.url, "HALO_LOG_JSON": "false",
-                    "HALO_GATEWAY_PORT": str(port), "HALO_GATEWAY_URL": self.url, "OMP_NUM_THREADS": "1",
-                    "HALO_TRAINER_TORCH_STATUS_INTERVAL_S": "0.5", "HALO_VERIFIER_SANDBOX_WORKERS": "2",
-                    "COLUMNS": "200"}
-        self.procs = [self._spawn(m) for m in ("halo_gateway", "halo_verifier_sandbox", "halo_trainer_torch")]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                listing = httpx.get(f"{self.url}/api/v1/services", timeout=5).json()["services"]
-                up = {s["name"] for s in listing if (s.get("health") or {}).get("status") in ("ok", "degraded")}
-                if {"trainer-torch", "verifier-sandbox"} <= up:
-                    return
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
-            for p in self.procs:
-                assert p.poll() is None, (root / "logs.txt").read_text()[-3000:]
-            time.sleep(0.3)
-        raise AssertionError("stack did not come up")
-
-    def _spawn(self, module: str) -> subprocess.Popen[bytes]:
-        out = (self.root / "logs.txt").open("ab")
-        return subprocess.Popen([sys.executable, "-m", module], stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                start_new_session=True)
-
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CLI, *args], capture_output=True, text=True, env=self.env, timeout=timeout)
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        self.nats.stop()
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("rl-cli"))
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
+    s = ProcessStack(tmp_path_factory.mktemp("rl-cli"), ["halo_gateway", "halo_verifier_sandbox", "halo_trainer_torch"],
+                     ready={"trainer-torch", "verifier-sandbox"}, env={"HALO_TRAINER_TORCH_STATUS_INTERVAL_S": "0.5", "HALO_VERIFIER_SANDBOX_WORKERS": "2"}, healthy=("ok", "degraded"))
     yield s
     s.close()
 
 
-def test_train_raft_from_flags_streams_until_the_end_and_shows_the_reward(stack: Stack) -> None:
+def test_train_raft_from_flags_streams_until_the_end_and_shows_the_reward(stack: ProcessStack) -> None:
     r = stack.cli("train", "raft", "--model", "tiny://llama", "--data", str(TRAIN), "--eval-data", str(HELD_OUT),
                   "--verifier", "regex_format:2", "--verifier", "chrf:0.5", "--verifier-params", f"regex_format={PATTERNS}",
                   "--cycles", "2", "-n", "4", "--max-new-tokens", "16", "--reward-threshold", "0",
@@ -103,7 +53,7 @@ def test_train_raft_from_flags_streams_until_the_end_and_shows_the_reward(stack:
     assert summary["extras"]["trained_cycles"] == 2 and (stack.home / "runs" / run_id / "adapter").is_dir()
 
 
-def test_bad_verifier_flags_are_named(stack: Stack) -> None:
+def test_bad_verifier_flags_are_named(stack: ProcessStack) -> None:
     r = stack.cli("train", "grpo", "--model", "tiny://llama", "--data", str(TRAIN), "--verifier", "regex_format:heavy")
     assert r.returncode == 1 and "the weight must be a number" in r.stderr
     r = stack.cli("train", "grpo", "--model", "tiny://llama", "--data", str(TRAIN))
@@ -117,14 +67,14 @@ def test_bad_verifier_flags_are_named(stack: Stack) -> None:
     assert r.returncode == 1 and "patern" in r.stdout + r.stderr
 
 
-def test_dry_run_renders_the_prompts(stack: Stack) -> None:
+def test_dry_run_renders_the_prompts(stack: ProcessStack) -> None:
     r = stack.cli("train", "grpo", "--model", "tiny://llama", "--data", str(TRAIN), "--verifier", "regex_format",
                   "--dry-run", "--samples", "2")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "format messages, 49 training records" in r.stdout and "tag:boat" in r.stdout
 
 
-def test_demo_rl_stage_learns_through_the_stack(stack: Stack) -> None:
+def test_demo_rl_stage_learns_through_the_stack(stack: ProcessStack) -> None:
     from halo_forge.client import GatewayClient
     from halo_forge.commands.demo_rl import run_rl_stage
 

@@ -5,85 +5,36 @@ training — a malformed dataset line, an unknown config key, an option the back
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from halo_common.natsproc import NatsProcess, free_port
+from halo_testing.stack import ProcessStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CLI = str(Path(sys.executable).parent / "halo-forge")
 RECORDS = [{"messages": [{"role": "user", "content": f"What does a {a} say?"},
                          {"role": "assistant", "content": f"A {a} says {s}."}]}
            for a, s in [("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), ("owl", "hoot")]]
 
 
-class Stack:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.home = root / "home"
-        self.nats = NatsProcess.start(root / "nats", log_file=root / "nats.log")
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, "HALO_HOME": str(self.home), "HALO_NATS_URL": self.nats.url, "HALO_LOG_JSON": "false",
-                    "HALO_GATEWAY_PORT": str(port), "HALO_GATEWAY_URL": self.url, "OMP_NUM_THREADS": "1",
-                    "HALO_TRAINER_TORCH_STATUS_INTERVAL_S": "0.5", "COLUMNS": "200"}
-        self.procs = [self._spawn("halo_gateway"), self._spawn("halo_trainer_torch")]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                listing = httpx.get(f"{self.url}/api/v1/services", timeout=5).json()["services"]
-                if any(s["name"] == "trainer-torch" and (s.get("health") or {}).get("status") == "ok" for s in listing):
-                    return
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
-            for p in self.procs:
-                assert p.poll() is None, (root / "logs.txt").read_text()[-3000:]
-            time.sleep(0.3)
-        raise AssertionError("stack did not come up")
-
-    def _spawn(self, module: str) -> subprocess.Popen[bytes]:
-        out = (self.root / "logs.txt").open("ab")
-        return subprocess.Popen([sys.executable, "-m", module], stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                start_new_session=True)
-
-    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CLI, *args], capture_output=True, text=True, env=self.env, timeout=timeout)
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        self.nats.stop()
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("trainer-cli"))
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
+    s = ProcessStack(tmp_path_factory.mktemp("trainer-cli"), ["halo_gateway", "halo_trainer_torch"],
+                     ready={"trainer-torch"}, env={"HALO_TRAINER_TORCH_STATUS_INTERVAL_S": "0.5"})
     yield s
     s.close()
 
 
 @pytest.fixture(scope="module")
-def data(stack: Stack) -> Path:
+def data(stack: ProcessStack) -> Path:
     path = stack.root / "sft.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     return path
 
 
-def test_train_streams_progress_until_the_job_ends(stack: Stack, data: Path) -> None:
+def test_train_streams_progress_until_the_job_ends(stack: ProcessStack, data: Path) -> None:
     r = stack.cli("train", "sft", "--model", "tiny://llama", "--data", str(data), "--max-steps", "6",
                   "--batch-size", "2", "--set", "max_length=64", "--set", "checkpoint_every_steps=3", "--name", "cli-run")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -98,7 +49,7 @@ def test_train_streams_progress_until_the_job_ends(stack: Stack, data: Path) -> 
     assert shown.returncode == 0 and "succeeded" in shown.stdout and "adapter" in shown.stdout
 
 
-def test_dry_run_renders_trained_and_masked_tokens(stack: Stack, data: Path) -> None:
+def test_dry_run_renders_trained_and_masked_tokens(stack: ProcessStack, data: Path) -> None:
     r = stack.cli("train", "sft", "--model", "tiny://llama", "--data", str(data), "--dry-run", "--samples", "2")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "format messages, 5 training records" in r.stdout
@@ -106,7 +57,7 @@ def test_dry_run_renders_trained_and_masked_tokens(stack: Stack, data: Path) -> 
     assert "spec and data are valid" in r.stdout
 
 
-def test_unknown_config_key_is_named(stack: Stack, data: Path, tmp_path: Path) -> None:
+def test_unknown_config_key_is_named(stack: ProcessStack, data: Path, tmp_path: Path) -> None:
     config = tmp_path / "spec.yaml"
     config.write_text(f"model: tiny://llama\ndata: {data}\nlerning_rate: 0.001\n")
     r = stack.cli("train", "sft", "--config", str(config))
@@ -114,7 +65,7 @@ def test_unknown_config_key_is_named(stack: Stack, data: Path, tmp_path: Path) -
     assert "lerning_rate: unknown field" in r.stderr
 
 
-def test_malformed_dataset_line_stops_the_job_before_training(stack: Stack, tmp_path: Path) -> None:
+def test_malformed_dataset_line_stops_the_job_before_training(stack: ProcessStack, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(RECORDS[0]) + "\n" + '{"messages": [{"role": "user"}]\n')
     r = stack.cli("train", "sft", "--model", "tiny://llama", "--data", str(bad))
@@ -122,13 +73,13 @@ def test_malformed_dataset_line_stops_the_job_before_training(stack: Stack, tmp_
     assert "bad.jsonl:2: invalid JSON" in r.stderr and "failed" in r.stderr
 
 
-def test_qlora_is_refused_on_this_backend(stack: Stack, data: Path) -> None:
+def test_qlora_is_refused_on_this_backend(stack: ProcessStack, data: Path) -> None:
     r = stack.cli("train", "sft", "--model", "tiny://llama", "--data", str(data), "--finetune", "qlora")
     assert r.returncode == 1
     assert "four_bit is not supported on backend 'cpu'" in r.stderr
 
 
-def test_detach_then_cancel(stack: Stack, data: Path) -> None:
+def test_detach_then_cancel(stack: ProcessStack, data: Path) -> None:
     r = stack.cli("train", "sft", "--model", "tiny://llama", "--data", str(data), "--max-steps", "100000",
                   "--batch-size", "2", "--detach")
     assert r.returncode == 0 and "halo-forge jobs follow" in r.stdout
