@@ -100,9 +100,8 @@ class _TaskSubscription(Subscription):
     async def stop(self) -> None:
         for t in self.tasks:
             t.cancel()
-        for t in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=5.0)  # bounded, as in NatsBus
         if self.on_stop:
             self.on_stop()
 
@@ -125,6 +124,11 @@ class InMemoryBus(Bus):
         self._seq = itertools.count(1)
         self._poll_s = poll_s
         self._closed = False
+        self._subs: list[_TaskSubscription] = []
+
+    def _keep(self, sub: _TaskSubscription) -> _TaskSubscription:
+        self._subs.append(sub)
+        return sub
 
     # ---- request/reply -------------------------------------------------------------------
     async def add_service(
@@ -210,7 +214,7 @@ class InMemoryBus(Bus):
                 delivery = _MemDelivery(self, job, message, ack_wait_s, me)
                 await run_job_handler(delivery, handler, heartbeat_s=max(ack_wait_s / 3, 0.01))
 
-        return _TaskSubscription([asyncio.create_task(worker()) for _ in range(concurrency)])
+        return self._keep(_TaskSubscription([asyncio.create_task(worker()) for _ in range(concurrency)]))
 
     # ---- events --------------------------------------------------------------------------
     async def publish_event(self, subject: str, msg: BaseModel, msg_id: str | None = None) -> None:
@@ -266,7 +270,7 @@ class InMemoryBus(Bus):
                     if durable:
                         self._durables[durable] = last
 
-        return _TaskSubscription([asyncio.create_task(pump())])
+        return self._keep(_TaskSubscription([asyncio.create_task(pump())]))
 
     # ---- key/value -----------------------------------------------------------------------
     async def kv_put(self, bucket: str, key: str, msg: BaseModel) -> None:
@@ -284,4 +288,7 @@ class InMemoryBus(Bus):
         return not self._closed
 
     async def close(self) -> None:
+        """Stop every consumer started on this bus."""
         self._closed = True
+        for sub in self._subs:
+            await sub.stop()

@@ -86,9 +86,11 @@ class _LoopSubscription(Subscription):
     async def stop(self) -> None:
         for t in self.tasks:
             t.cancel()
-        for t in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self.tasks:
+            # Bounded: a task stuck in a library call must not hang shutdown.
+            _done, pending = await asyncio.wait(self.tasks, timeout=5.0)
+            for t in pending:
+                log.warning("consumer task did not stop within 5 s: %r", t)
         for p in self.psubs:
             with contextlib.suppress(Exception):
                 await p.unsubscribe()
@@ -102,6 +104,7 @@ class NatsBus(Bus):
         self._kv: dict[str, Any] = {}
         self._micro: list[_MicroService] = []
         self._closing: dict[str, bool] = {"now": False}
+        self._subs: list[_LoopSubscription] = []
 
     @classmethod
     async def connect(
@@ -273,7 +276,11 @@ class NatsBus(Bus):
                         continue
                     await run_job_handler(_NatsDelivery(m, message), handler, heartbeat_s=max(ack_wait_s / 3, 0.05))
 
-        return _LoopSubscription([asyncio.create_task(worker()) for _ in range(concurrency)], [psub])
+        return self._keep(_LoopSubscription([asyncio.create_task(worker()) for _ in range(concurrency)], [psub]))
+
+    def _keep(self, sub: _LoopSubscription) -> _LoopSubscription:
+        self._subs.append(sub)
+        return sub
 
     async def _pull_subscribe(self, subject: str, durable: str | None, stream: str, config: jsapi.ConsumerConfig) -> Any:
         try:
@@ -361,7 +368,7 @@ class NatsBus(Bus):
                     with contextlib.suppress(Exception):
                         await m.ack()
 
-        return _LoopSubscription([asyncio.create_task(pump())], [psub])
+        return self._keep(_LoopSubscription([asyncio.create_task(pump())], [psub]))
 
     # ---- key/value -----------------------------------------------------------------------
     async def _bucket(self, bucket: str) -> Any:
@@ -402,7 +409,10 @@ class NatsBus(Bus):
         return self.nc.is_connected
 
     async def close(self) -> None:
+        """Stop every consumer this bus started, deregister services, drain and close."""
         self._closing["now"] = True
+        for sub in self._subs:
+            await sub.stop()
         for svc in self._micro:
             await svc.stop()
         with contextlib.suppress(Exception):
@@ -411,15 +421,29 @@ class NatsBus(Bus):
             await self.nc.close()
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library call swallowed (nats-py's fetch can turn a
+    cancellation that races its own timeout into a timeout): without this a consumer loop whose
+    task was cancelled would keep fetching, and shutdown would wait on it forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def _fetch(psub: Any, batch: int, timeout: float) -> list[Msg]:
     """Fetch up to ``batch`` messages; [] on timeout or while disconnected (we retry)."""
+    _raise_if_cancelled()
     try:
-        return await psub.fetch(batch, timeout=timeout)
+        msgs = await psub.fetch(batch, timeout=timeout)
+        _raise_if_cancelled()
+        return msgs
     except (NatsTimeoutError, TimeoutError):
+        _raise_if_cancelled()
         return []
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        _raise_if_cancelled()
         log.debug("fetch failed (%s); retrying", exc)
         await asyncio.sleep(0.5)
         return []
