@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from halo_bus import subjects
 from halo_bus.api import JobDelivery
 from halo_common.errors import BadRequest, HaloError
+from halo_runtime.jobs import JobLifecycle, admit, finish_without_running
 from halo_schemas.base import describe_validation_error
-from halo_schemas.events import RunArtifactAdded, RunEvent, RunFinished, RunProgressed, RunStarted
-from halo_schemas.jobs import JobEnvelope, JobState, JobStatus
+from halo_schemas.events import RunArtifactAdded, RunProgressed, RunStarted
+from halo_schemas.jobs import JobEnvelope, JobState
 from halo_schemas.rollout import RolloutJobSpec, RolloutLoaded, RolloutLoadRequest, RolloutRequest, RolloutResult
 from pydantic import ValidationError
 
@@ -97,68 +97,47 @@ def _count_load(svc: Rollout, backend: str, action: str, seconds: float) -> None
 
 
 # ---- the job -------------------------------------------------------------------------------------
-class _RunEvents:
-    """Publishes one run's events with a strictly increasing ``seq`` (continued across resumes)."""
-
-    def __init__(self, svc: Rollout, env: JobEnvelope, start_seq: int) -> None:
-        self.svc, self.env, self.seq = svc, env, start_seq
-
-    async def emit(self, name: str, event_cls: type[RunEvent], **fields: Any) -> None:
-        self.seq += 1
-        ev = event_cls(run_id=self.env.run_id, job_id=self.env.job_id, service="rollout", seq=self.seq, **fields)
-        await self.svc.bus.publish_event(subjects.run_event("rollout", self.env.run_id, name), ev,
-                                         msg_id=f"{self.env.run_id}-{self.seq}")
-
-
-async def _status(svc: Rollout, env: JobEnvelope, state: JobState, attempt: int, **fields: Any) -> JobStatus:
-    prev = await svc.bus.kv_get(subjects.KV_JOB_STATE, env.job_id, JobStatus)
-    status = JobStatus(
-        job_id=env.job_id, run_id=env.run_id, job_type=env.job_type, service="rollout", state=state, attempt=attempt,
-        worker=svc.registration.id if svc.registration else None, heartbeat_at=None,
-        created_at=prev.created_at if prev else env.submitted_at,
-        cancel_requested=prev.cancel_requested if prev else False, **fields,
-    )
-    await svc.bus.kv_put(subjects.KV_JOB_STATE, env.job_id, status)
-    return status
-
-
 async def run_job(svc: Rollout, delivery: JobDelivery[JobEnvelope]) -> None:
-    """One rollout job: validate, generate chunk by chunk into the run dir, report, ack."""
+    """One rollout job: validate, generate chunk by chunk into the run dir, report, ack.
+
+    The status, heartbeats, cancel flag and the run's event sequence come from the shared
+    :class:`~halo_runtime.jobs.JobLifecycle`; a redelivery resumes after the lines already written.
+    """
     env = delivery.message
-    attempt = delivery.num_delivered
+    worker = svc.registration.id if svc.registration else None
+    admission = await admit(svc.bus, env, service="rollout", worker=worker or "rollout", running=(),
+                            fresh_s=0.8 * svc.settings.job_ack_wait_s, known_types=("generate",))
+    if admission is None:
+        return
     try:
         spec = RolloutJobSpec.model_validate(env.spec)
     except ValidationError as exc:
-        await _status(svc, env, JobState.FAILED, attempt, error=describe_validation_error(exc, what="rollout job spec"))
-        raise BadRequest(describe_validation_error(exc, what="rollout job spec")) from None
-    out_path, resumed = await asyncio.to_thread(_prepare_run_dir, svc, env, spec, attempt)
-    history = await svc.bus.replay(subjects.run_events_filter(env.run_id))
-    events = _RunEvents(svc, env, max((getattr(h.message, "seq", 0) for h in history), default=0))
+        error = describe_validation_error(exc, what="rollout job spec")
+        await finish_without_running(svc.bus, env, service="rollout", previous=admission.previous,
+                                     state=JobState.FAILED, error=error)
+        raise BadRequest(error) from None
+    job = JobLifecycle(svc.bus, env, service="rollout", worker=worker, previous=admission.previous,
+                       status_interval_s=max(1.0, min(5.0, svc.settings.job_ack_wait_s / 4)))
+    out_path, resumed = await asyncio.to_thread(_prepare_run_dir, svc, env, spec, delivery.num_delivered)
     backend = svc.backend_for(spec.backend)
-    loop = asyncio.get_running_loop()
     started = time.monotonic()
-    await _status(svc, env, JobState.RUNNING, attempt)
-    await events.emit("started", RunStarted, method="rollout", base_model=spec.model, backend=backend,
-                      spec=spec.model_dump(mode="json"), resumed_from_step=resumed)
+    await job.start()
+    job.emit("started", RunStarted, method="rollout", base_model=spec.model, backend=backend,
+             spec=spec.model_dump(mode="json"), resumed_from_step=resumed)
     last_progress = [0.0]
 
-    def on_progress(p: JobProgress) -> None:  # model thread -> event loop
+    def on_progress(p: JobProgress) -> None:  # model thread
+        job.update(step=p.done, total_steps=p.total)
         now = time.monotonic()
         if now - last_progress[0] < svc.settings.progress_interval_s and p.done < p.total:
             return
         last_progress[0] = now
         metrics = {"prompts_done": float(p.done), "samples": float(p.samples), "tokens": float(p.tokens),
                    "samples_per_s": p.samples_per_s}
-        fut = asyncio.run_coroutine_threadsafe(
-            events.emit("progressed", RunProgressed, step=p.done, total_steps=p.total, metrics=metrics), loop)
-        fut.result(timeout=30)
+        job.emit("progressed", RunProgressed, step=p.done, total_steps=p.total, metrics=metrics)
 
     def cancelled() -> bool:
-        if svc.stopping_jobs.is_set():
-            return True
-        fut = asyncio.run_coroutine_threadsafe(svc.bus.kv_get(subjects.KV_JOB_STATE, env.job_id, JobStatus), loop)
-        status = fut.result(timeout=30)
-        return bool(status and status.cancel_requested)
+        return svc.stopping_jobs.is_set() or job.cancel_requested
 
     def work() -> tuple[JobProgress, str]:
         entry, action = svc.cache.get(backend, spec.model, spec.adapter)
@@ -166,28 +145,33 @@ async def run_job(svc: Rollout, delivery: JobDelivery[JobEnvelope]) -> None:
         progress = run_rollout_job(spec, entry.backend, out_path, on_progress, cancelled)
         return progress, entry.backend.name
 
+    def summary(**fields: Any) -> dict[str, Any]:
+        return {**fields, "duration_s": time.monotonic() - started}
+
     try:
         progress, backend_name = await svc.in_model_thread(work)
     except HaloError as exc:
         # Deterministic failures (bad model, bad prompts file): retrying cannot help; record and ack.
-        await _finish(svc, env, events, attempt, started, JobState.FAILED, error=str(exc))
+        await job.finish(JobState.FAILED, error=str(exc), summary=summary())
         return
     except Exception as exc:
         log.exception("rollout job %s failed", env.job_id)
-        await _finish(svc, env, events, attempt, started, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+        await job.finish(JobState.FAILED, error=f"{type(exc).__name__}: {exc}", summary=summary())
         return
     svc.metrics.samples.labels(backend_name, "job").inc(progress.samples)
     svc.metrics.tokens.labels(backend_name).inc(progress.tokens)
     if progress.done < progress.total:
-        await _finish(svc, env, events, attempt, started, JobState.CANCELLED, error="cancelled by request",
-                      step=progress.done, total=progress.total)
+        if svc.stopping_jobs.is_set() and not job.cancel_requested:
+            await job.requeue("preempted by shutdown; resumes from the lines already written")
+            raise RuntimeError(f"rollout job {env.job_id} preempted; leaving it for redelivery")
+        await job.finish(JobState.CANCELLED, error="cancelled by request", summary=summary(),
+                         step=progress.done, total_steps=progress.total)
         return
     digest, size, counts = await asyncio.to_thread(_describe_output, out_path)
-    await events.emit("artifact-added", RunArtifactAdded, kind="samples", format="jsonl", path=str(out_path),
-                      sha256=digest, size_bytes=size, step=progress.done)
-    summary = {"output": str(out_path), "sha256": digest, "backend": backend_name, **counts}
-    await _finish(svc, env, events, attempt, started, JobState.SUCCEEDED, summary=summary, step=progress.done,
-                  total=progress.total)
+    job.emit("artifact-added", RunArtifactAdded, kind="samples", format="jsonl", path=str(out_path),
+             sha256=digest, size_bytes=size, step=progress.done)
+    await job.finish(JobState.SUCCEEDED, step=progress.done, total_steps=progress.total,
+                     summary=summary(output=str(out_path), sha256=digest, backend=backend_name, **counts))
 
 
 def _describe_output(out_path: Path) -> tuple[str, int, dict[str, float | int]]:
@@ -201,11 +185,3 @@ def _prepare_run_dir(svc: Rollout, env: JobEnvelope, spec: RolloutJobSpec, attem
     (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
     out_path = Path(spec.output).expanduser() if spec.output else run_dir / "samples.jsonl"
     return out_path, (completed_lines(out_path) if attempt > 1 else None)
-
-
-async def _finish(svc: Rollout, env: JobEnvelope, events: _RunEvents, attempt: int, started: float, state: JobState,
-                  *, error: str | None = None, summary: dict[str, Any] | None = None, step: int | None = None,
-                  total: int | None = None) -> None:
-    summary = {**(summary or {}), "duration_s": time.monotonic() - started}
-    await _status(svc, env, state, attempt, error=error, step=step, total_steps=total)
-    await events.emit("finished", RunFinished, state=state, summary=summary, error=error)
