@@ -19,14 +19,15 @@ from halo_bus.api import JobDelivery
 from halo_common.backend import detect_backend
 from halo_common.errors import NotFound
 from halo_runtime import Service
-from halo_schemas.base import utcnow
-from halo_schemas.jobs import JobEnvelope, JobRef, JobState, JobStatus
+from halo_runtime.jobs import admit, request_cancel
+from halo_schemas.jobs import JobEnvelope, JobRef, JobStatus
 from halo_schemas.training import PreviewRequest, PreviewResult
 
 from halo_trainer_torch import __version__
+from halo_trainer_torch.core.policy import spec_guard
 from halo_trainer_torch.core.preview import preview_job
 from halo_trainer_torch.core.runner import Preempted
-from halo_trainer_torch.jobs import JobExecution, Meters, finish_without_running
+from halo_trainer_torch.jobs import JobExecution, Meters
 from halo_trainer_torch.settings import TrainerTorchSettings
 
 log = logging.getLogger("halo_trainer_torch")
@@ -47,6 +48,7 @@ class TrainerTorch(Service):
         self.running: dict[str, JobExecution] = {}
         self.meters = Meters(self.telemetry.registry if self.telemetry else None)
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
+        self.guard = spec_guard(settings)  # this worker's own policy, whatever the gateway decided
 
     async def setup(self) -> None:
         self.tsettings.paths.ensure()
@@ -70,41 +72,24 @@ class TrainerTorch(Service):
         return self.registration.id if self.registration else "trainer-torch"
 
     # ---- jobs ---------------------------------------------------------------------------------
-    def _alive_elsewhere(self, status: JobStatus | None) -> bool:
-        """True while another worker still heartbeats this job (a redelivery it did not cause, e.g. after a
-        network partition): starting it here too would have two trainers writing one run directory."""
-        if status is None or status.state != JobState.RUNNING or status.heartbeat_at is None:
-            return False
-        if status.worker == self.instance_id and status.job_id not in self.running:
-            return False  # our own earlier attempt, from before a restart with the same id: not alive
-        fresh_s = min(max(3 * self.tsettings.status_interval_s, 5.0), 0.8 * self.tsettings.ack_wait_s)
-        return (utcnow() - status.heartbeat_at).total_seconds() < fresh_s
-
     async def on_job(self, delivery: JobDelivery[JobEnvelope]) -> None:
         env = delivery.message
-        previous = await self.bus.kv_get(subjects.KV_JOB_STATE, env.job_id, JobStatus)
-        # Hold the delivery (the bus keeps heartbeating it) while the job is alive elsewhere or here.
-        while env.job_id in self.running or self._alive_elsewhere(previous):
-            await asyncio.sleep(self.tsettings.status_interval_s)
-            previous = await self.bus.kv_get(subjects.KV_JOB_STATE, env.job_id, JobStatus)
-            if previous is not None and previous.state.terminal:
-                break
-        if previous is not None and previous.state.terminal:
-            log.info("job %s already %s; acknowledging redelivery", env.job_id, previous.state)
-            return
-        if env.job_type not in METHODS:
-            await finish_without_running(self.bus, env, previous, JobState.FAILED, f"unknown job type {env.job_type!r}")
+        # Hold the delivery (the bus keeps heartbeating it) while the job is alive elsewhere or here; a
+        # duplicate of a finished job is acknowledged, an unknown or cancelled one closed.
+        fresh_s = min(max(3 * self.tsettings.status_interval_s, 5.0), 0.8 * self.tsettings.ack_wait_s)
+        admission = await admit(self.bus, env, service=self.name, worker=self.instance_id, running=self.running,
+                                fresh_s=fresh_s, known_types=METHODS, poll_s=self.tsettings.status_interval_s)
+        if admission is None:
             return
         async with self._slots:
-            previous = await self.bus.kv_get(subjects.KV_JOB_STATE, env.job_id, JobStatus)
-            if previous is not None and previous.state.terminal:
-                return
-            if previous is not None and previous.cancel_requested:
-                await finish_without_running(self.bus, env, previous, JobState.CANCELLED, "cancelled before it started")
+            # The slot may have taken a while: the job may have been cancelled or finished meanwhile.
+            admission = await admit(self.bus, env, service=self.name, worker=self.instance_id, running=self.running,
+                                    fresh_s=fresh_s, known_types=METHODS, poll_s=self.tsettings.status_interval_s)
+            if admission is None:
                 return
             execution = JobExecution(self.bus, env, runs_dir=self.tsettings.paths.runs_dir, worker=self.instance_id,
-                                     status_interval_s=self.tsettings.status_interval_s, previous=previous,
-                                     meters=self.meters)
+                                     status_interval_s=self.tsettings.status_interval_s, previous=admission.previous,
+                                     meters=self.meters, guard=self.guard)
             self.running[env.job_id] = execution
             self.meters.running.inc()
             try:
@@ -117,20 +102,16 @@ class TrainerTorch(Service):
                 raise RuntimeError(f"job {env.job_id} preempted; leaving it for redelivery")
 
     async def on_cancel(self, req: JobRef) -> JobStatus:
-        status = await self.bus.kv_get(subjects.KV_JOB_STATE, req.job_id, JobStatus)
-        if status is None:
-            raise NotFound(f"no job {req.job_id!r}", param="job_id")
-        if status.state.terminal:
-            return status
         running = self.running.get(req.job_id)
         if running is not None:
-            running.control.cancel()
-        status = status.model_copy(update={"cancel_requested": True, "updated_at": utcnow()})
-        await self.bus.kv_put(subjects.KV_JOB_STATE, req.job_id, status)
+            running.job.cancel()
+        status = await request_cancel(self.bus, req.job_id)
+        if status is None:
+            raise NotFound(f"no job {req.job_id!r}", param="job_id")
         return status
 
     async def on_preview(self, req: PreviewRequest) -> PreviewResult:
-        return await asyncio.to_thread(preview_job, req.method, req.spec, req.num_samples)
+        return await asyncio.to_thread(preview_job, req.method, req.spec, req.num_samples, self.guard)
 
     async def drain(self) -> None:
         """Preempt running jobs: each stops after its current step with a checkpoint, and stays queued."""
