@@ -20,27 +20,14 @@ from halo_bus import NatsBus, subjects
 from halo_common.natsproc import NatsProcess, free_port
 from halo_schemas.health import HealthRequest, ServiceHealth
 from halo_schemas.verifiers import IOCase, VerifierSpec, VerifyContext, VerifyItem
-from halo_verifier_sandbox.client import VerifierClient
+from halo_clients.verifier import VerifierClient
+from halo_testing import wait_until
 from halo_verifier_sandbox.core.sandbox import processes_of_uid
 
 pytestmark = pytest.mark.integration
 
 UID_BASE = 2_950_000  # a pool of its own, so nothing else in the test run shares these uids
 C_ADD = '#include <stdio.h>\nint main(void){ int a, b; scanf("%d %d", &a, &b); printf("%d\\n", a + b); return 0; }\n'
-
-
-def _wait(cond, timeout: float = 60.0, what: str = "condition"):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - still starting
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not met in {timeout}s (last: {last!r})")
 
 
 async def _health(url: str) -> ServiceHealth:
@@ -78,8 +65,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: asyncio.run(_health(nats.url)).status == "ok", what="verifier-sandbox healthy")
-        _wait(lambda: httpx.get(f"{url}/health", timeout=2).json()["nats"] == "connected", what="gateway up")
+        wait_until(lambda: asyncio.run(_health(nats.url)).status == "ok", 60, 0.2, "verifier-sandbox healthy",
+                   ignore=(Exception,))
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).json()["nats"] == "connected", 60, 0.2, "gateway up",
+                   ignore=(Exception,))
         yield Stack(nats, service, gateway, url, home, env)
     finally:
         for p in (gateway, service):

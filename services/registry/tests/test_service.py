@@ -3,29 +3,18 @@ mapped with their codes. (The real nats-server path is in tests/integration/test
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 from halo_bus import InMemoryBus, subjects
 from halo_common.errors import BadRequest, Conflict, NotFound
-from halo_registry.client import RegistryClient
+from halo_clients.registry import RegistryClient
 from halo_registry.service import Registry
 from halo_registry.settings import RegistrySettings
-from halo_registry.testing import RegistryDb, RunEmitter, loss_at
+from halo_registry.testing import RegistryDb
 from halo_schemas.health import HealthRequest, ServiceHealth
 from halo_schemas.registry import EvalGridRequest, EvalResultIn, RunSearch, RunsPage
-
-
-async def wait_for(cond, limit_s: float = 10.0):  # noqa: ANN001, ANN201
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while True:
-        value = await cond()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met")
-        await asyncio.sleep(0.02)
+from halo_testing import RunEmitter, await_until, loss_at
 
 
 @pytest.fixture
@@ -52,7 +41,7 @@ async def test_events_in_queries_out(running) -> None:  # noqa: ANN001
     async def done() -> bool:
         page = await client.search(RunSearch(status=["succeeded"]))
         return page.total == 1
-    await wait_for(done)
+    await await_until(done, what="the run to be ingested")
 
     d = await client.get(em.run_id)
     assert (d.run.last_step, d.run.tags, d.cost.price_per_kwh) == (24, ["svc"], 0.5)
@@ -88,7 +77,7 @@ async def test_bad_requests_come_back_as_clear_errors(running) -> None:  # noqa:
     with pytest.raises(NotFound, match="has no replay manifest"):
         em = RunEmitter()
         await publish(bus, em, [em.started()])
-        await wait_for(lambda: _exists(client, em.run_id))
+        await await_until(lambda: _exists(client, em.run_id), what="the run to be stored")
         await client.replay(em.run_id)
     with pytest.raises(Conflict, match="still running"):
         await client.delete(em.run_id)
@@ -119,12 +108,12 @@ async def test_a_restarted_service_resumes_its_durable_position(registry_db: Reg
     await first.start()
     await publish(bus, em, [em.started()] + [em.progressed(s, loss=1.0) for s in range(10)])
     client = RegistryClient(bus)
-    await wait_for(lambda: _last_step(client, em.run_id, 9))
+    await await_until(lambda: _last_step(client, em.run_id, 9), what="step 9 to be stored")
     await first.stop()
     await publish(bus, em, [em.progressed(s, loss=1.0) for s in range(10, 20)] + [em.finished()])
     second = Registry(settings, bus)
     await second.start()
-    await wait_for(lambda: _last_step(client, em.run_id, 19, status="succeeded"))
+    await await_until(lambda: _last_step(client, em.run_id, 19, status="succeeded"), what="the finished run")
     # The restarted instance only read what it had not seen.
     assert second.ingest.totals.events == 11
     await second.stop()

@@ -3,7 +3,7 @@ tags/notes/delete, cost, bundles, and the replay manifest trainers write next to
 
 Requests a user can type (CLI flags, REST query strings and bodies) are :class:`UserInput`, so a
 misspelt filter is an error naming the field; replies and service-to-service payloads are
-:class:`Message`. Usage from another service goes through ``halo_registry.client.RegistryClient``.
+:class:`Message`. Usage from another service goes through ``halo_clients.registry.RegistryClient``.
 
 The replay manifest (``HALO_HOME/runs/<run_id>/replay.json``) is :class:`ReplayManifest`; a trainer
 writes it with ``path.write_text(manifest.model_dump_json(indent=2))`` and the registry, bundles and

@@ -1,6 +1,8 @@
-"""Python client of verifier-sandbox over the bus, for trainers (GRPO, RAFT), eval and synthesis.
+"""Python client of verifier-sandbox over the bus, for the gateway, trainers (GRPO, RAFT), eval and synthesis.
 
 Usage::
+
+    from halo_clients import VerifierClient
 
     client = VerifierClient(bus)
     r = await client.verify("gcc", completion, VerifyContext(expected_output="3\\n"))
@@ -17,6 +19,7 @@ service that is not running raises :class:`~halo_common.errors.Unavailable`.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -93,10 +96,14 @@ class VerifierClient:
     async def verify_batch(self, spec: SpecLike, items: Sequence[ItemLike], *, use_cache: bool = True,
                            timeout_s: float | None = None) -> list[VerifyResult]:
         """Verify many completions with one verifier; results in the order of ``items``."""
+        return (await self.verify_batch_result(spec, items, use_cache=use_cache, timeout_s=timeout_s)).results
+
+    async def verify_batch_result(self, spec: SpecLike, items: Sequence[ItemLike], *, use_cache: bool = True,
+                                  timeout_s: float | None = None) -> VerifyBatchResult:
+        """Like :meth:`verify_batch`, with the batch's wall time, cache hits and error count."""
+        start = time.monotonic()
         s = as_spec(spec)
         its = [as_item(i) for i in items]
-        if not its:
-            return []
         parts = chunk(its, self.chunk_items, self.chunk_bytes)
 
         async def send(part: list[VerifyItem]) -> VerifyBatchResult:
@@ -106,7 +113,10 @@ class VerifierClient:
                                           VerifyBatchResult, timeout=t)
 
         replies = await asyncio.gather(*(send(p) for p in parts))
-        return [r for rep in replies for r in rep.results]
+        return VerifyBatchResult(results=[r for rep in replies for r in rep.results],
+                                 duration_s=round(time.monotonic() - start, 6),
+                                 cache_hits=sum(rep.cache_hits for rep in replies),
+                                 errors=sum(rep.errors for rep in replies))
 
     async def inventory(self, *, reload_plugins: bool = False) -> VerifierInventory:
         """Registered verifiers (with parameter schemas and availability) and the sandbox in use."""

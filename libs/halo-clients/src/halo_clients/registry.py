@@ -1,6 +1,6 @@
 """Typed client of the registry for other services::
 
-    from halo_registry.client import RegistryClient
+    from halo_clients import RegistryClient
 
     registry = RegistryClient(bus)
     await registry.record_eval("run-…", [EvalResultIn(task="gsm8k", metric="accuracy", value=0.41)])
