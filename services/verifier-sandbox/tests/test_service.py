@@ -15,7 +15,7 @@ from halo_bus import Bus, subjects
 from halo_common.errors import BadRequest, NotFound
 from halo_schemas.health import HealthRequest, HealthStatus
 from halo_schemas.verifiers import IOCase, VerifierSpec, VerifyContext, VerifyItem, VerifyStage
-from halo_clients.verifier import VerifierClient
+from halo_clients.verifier_sandbox import VerifierClient
 from halo_verifier_sandbox.core.sandbox import processes_of_uid
 from halo_verifier_sandbox.service import VerifierSandbox
 from halo_verifier_sandbox.settings import VerifierSandboxSettings

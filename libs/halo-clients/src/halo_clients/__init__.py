@@ -7,8 +7,8 @@ from :mod:`halo_bus.subjects`; errors arrive as the service raised them, an abse
 from halo_clients.jobs import JobRoute, JobsClient, choose_route, register_route, routes_for
 from halo_clients.registry import RegistryClient
 from halo_clients.rollout import RolloutClient
-from halo_clients.trainer import TrainerClient
-from halo_clients.verifier import VerifierClient
+from halo_clients.trainer_torch import TrainerClient
+from halo_clients.verifier_sandbox import VerifierClient
 
 __all__ = ["JobRoute", "JobsClient", "RegistryClient", "RolloutClient", "TrainerClient", "VerifierClient",
            "choose_route", "register_route", "routes_for"]

@@ -6,7 +6,7 @@ Library use (no bus)::
     engine = VerifierEngine.create()
     result = engine.verify(VerifierSpec(name="gcc"), completion, VerifyContext(expected_output="3\\n"))
 
-Over the bus (trainers, eval): :class:`halo_clients.verifier.VerifierClient`.
+Over the bus (trainers, eval): :class:`halo_clients.verifier_sandbox.VerifierClient`.
 Writing a verifier: :class:`Verifier` + :func:`register_verifier` (see docs/verifiers.md).
 """
 

@@ -17,7 +17,7 @@ total; when none could, the total is None (GRPO then gives the completion no adv
 Transports — the recipe runs in a worker thread, while the bus lives on an asyncio loop:
 
 * :class:`PrivateBusTransport` (``bus``): its own event loop thread and NATS connection; batches go to
-  ``halo.rpc.verifier-sandbox.verify-batch`` through :class:`~halo_clients.verifier.VerifierClient`,
+  ``halo.rpc.verifier-sandbox.verify-batch`` through :class:`~halo_clients.verifier_sandbox.VerifierClient`,
   all verifiers at once (``asyncio.gather``), each batch split in chunks the service instances share;
 * :class:`BusTransport`: the same over a bus and loop someone else owns (``run_coroutine_threadsafe``);
 * :class:`LocalTransport` (``local``): the verifier library in this process (unit tests, scripts).
@@ -91,7 +91,7 @@ class BusTransport:
     name = "bus"
 
     def __init__(self, bus: Any, loop: asyncio.AbstractEventLoop) -> None:
-        from halo_clients.verifier import VerifierClient
+        from halo_clients.verifier_sandbox import VerifierClient
 
         self.bus, self.loop = bus, loop
         self.client = VerifierClient(bus)
