@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
     from halo_models.tiny import make_tiny_cached
-    from halo_rollout.core.backends.transformers_backend import TransformersBackend
+    from halo_sampling.backends.transformers_backend import TransformersBackend
     from halo_schemas.rollout import SampleParams, SampleRequest
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from halo_common.backend import detect_backend
 from halo_forge.main import app
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
@@ -39,7 +40,7 @@ def test_models_recommend_unknown_model_is_404() -> None:
     assert getattr(result.exception, "code", None) == 404
 
 
-def test_doctor_runs_and_reports_cpu_backend() -> None:
+def test_doctor_runs_and_reports_this_hosts_backend() -> None:
     result = runner.invoke(app, ["doctor"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "backend: cpu" in result.output and "four_bit" in result.output
+    assert f"backend: {detect_backend()}" in result.output and "four_bit" in result.output

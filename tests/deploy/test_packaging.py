@@ -43,7 +43,8 @@ HALO_HOME = "/var/lib/halo"
 METRICS_PORT = "9400"
 # Settings every service shares (HaloSettings keeps their HALO_ names); anything else starting
 # with HALO_ in a service's environment must carry that service's own prefix.
-SHARED_ENV = {"HALO_NATS_URL", "HALO_DATABASE_URL", "HALO_HOME", "HALO_LOG_LEVEL", "HALO_LOG_JSON"}
+SHARED_ENV = {"HALO_NATS_URL", "HALO_NATS_USER", "HALO_NATS_PASSWORD", "HALO_DATABASE_URL", "HALO_HOME",
+              "HALO_LOG_LEVEL", "HALO_LOG_JSON"}
 # Metrics the dashboard shows before the services that will export them exist. Keep this list
 # short: each name is what the owning service is asked to export (see compose/README.md).
 PLANNED_METRICS = {"halo_train_loss", "halo_train_tokens_total"}
@@ -142,6 +143,88 @@ def test_compose_infrastructure(compose: dict[str, Any]) -> None:
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
     assert pg["environment"]["POSTGRES_DB"] == "halo" and pg["environment"]["POSTGRES_USER"] == "halo"
     assert "artifacts" in compose["volumes"]
+
+
+NATS_CONF = "/etc/nats/halo-nats.conf"
+NATS_ENV_FILE = ".nats.env"
+
+
+def test_compose_nats_requires_credentials(compose: dict[str, Any]) -> None:
+    """NATS is no side door: the server runs with a config that requires a user and password, and
+    every Halo service (and nothing else) gets them from the generated env file."""
+    nats = compose["services"]["nats"]
+    cmd = nats["command"]
+    assert cmd[cmd.index("-c") + 1] == NATS_CONF
+    mounts = {v.split(":")[1]: v for v in nats["volumes"]}
+    src, _dst, mode = mounts[NATS_CONF].split(":")
+    assert mode == "ro"
+    conf = (COMPOSE_DIR / src).read_text()
+    block = re.search(r"^authorization\s*\{(.*?)^\}", conf, re.S | re.M)
+    assert block, "halo-nats.conf has no authorization block"
+    assert re.search(r"^\s*user:\s*\$HALO_NATS_USER\s*$", block.group(1), re.M)
+    assert re.search(r"^\s*password:\s*\$HALO_NATS_PASSWORD\s*$", block.group(1), re.M)
+    assert NATS_ENV_FILE in nats["env_file"]
+    for entries in halo_services_in(compose).values():
+        for name, svc in entries:
+            assert NATS_ENV_FILE in (svc.get("env_file") or []), f"compose {name}: no {NATS_ENV_FILE}"
+            assert "@" not in env_of(svc)["HALO_NATS_URL"], f"compose {name}: credentials in HALO_NATS_URL"
+    assert NATS_ENV_FILE in (COMPOSE_DIR / ".gitignore").read_text().split()
+
+
+def test_compose_init_secrets_makes_credentials_the_server_requires(tmp_path: Path) -> None:
+    """Run compose/init-secrets.sh, then a real nats-server with compose's config and that env file:
+    anonymous clients are refused, the generated credentials work, and without them the server
+    does not start at all."""
+    import asyncio
+
+    import nats
+    from halo_common.natsproc import find_nats_server, free_port, wait_for_port
+
+    env_file = tmp_path / NATS_ENV_FILE
+    run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HALO_NATS_ENV_FILE": str(env_file)}
+    first = subprocess.run(["sh", str(COMPOSE_DIR / "init-secrets.sh")], env=run_env, capture_output=True, text=True,
+                           timeout=30)
+    assert first.returncode == 0, first.stderr
+    assert oct(env_file.stat().st_mode & 0o777) == oct(0o600)
+    creds = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    assert set(creds) == {"HALO_NATS_USER", "HALO_NATS_PASSWORD"} and len(creds["HALO_NATS_PASSWORD"]) >= 32
+    assert creds["HALO_NATS_PASSWORD"] not in first.stdout + first.stderr
+    again = subprocess.run(["sh", str(COMPOSE_DIR / "init-secrets.sh")], env=run_env, capture_output=True, text=True,
+                           timeout=30)
+    assert again.returncode == 0 and dict(line.split("=", 1) for line in env_file.read_text().splitlines()) == creds
+
+    conf = str(COMPOSE_DIR / "nats" / "halo-nats.conf")
+    port = free_port()
+    base = [find_nats_server(), "-c", conf, "-a", "127.0.0.1", "-p", str(port)]
+    # Without the variables the server refuses to start (it never runs open).
+    bare = subprocess.run(base, env={"PATH": run_env["PATH"]}, capture_output=True, text=True, timeout=30)
+    assert bare.returncode != 0 and "HALO_NATS_USER" in bare.stdout + bare.stderr
+    server = subprocess.Popen(base, env={"PATH": run_env["PATH"], **creds}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for_port("127.0.0.1", port, 10)
+
+        async def probe() -> tuple[str, bool]:
+            async def quiet(_e: Exception) -> None:
+                pass
+
+            url = f"nats://127.0.0.1:{port}"
+            try:
+                await nats.connect(url, allow_reconnect=False, error_cb=quiet)
+                refused = "connected without credentials"
+            except Exception as exc:  # noqa: BLE001 - the refusal is what we look at
+                refused = str(exc)
+            nc = await nats.connect(url, allow_reconnect=False, error_cb=quiet, user=creds["HALO_NATS_USER"],
+                                    password=creds["HALO_NATS_PASSWORD"])
+            ok = nc.is_connected
+            await nc.close()
+            return refused, ok
+
+        refused, ok = asyncio.run(probe())
+        assert "Authorization Violation" in refused and ok
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def test_every_service_is_in_compose(compose: dict[str, Any]) -> None:
@@ -687,6 +770,34 @@ def test_templates_derive_the_spellings() -> None:
     assert "HALO_GATEWAY_TOKEN" in helpers and "secretKeyRef" in helpers
 
 
+def test_helm_nats_requires_credentials(values: dict[str, Any]) -> None:
+    """The bundled NATS requires the natsAuth Secret's user/password; the chart generates that
+    Secret (random, kept across upgrades) and hands it to every service."""
+    auth = values["natsAuth"]
+    assert auth["enabled"] is True and auth["create"] is True and auth["user"]
+    secret_name = auth["secretName"]
+    assert values["nats"]["config"]["merge"]["authorization"] == {
+        "user": "<< $HALO_NATS_USER >>", "password": "<< $HALO_NATS_PASSWORD >>"}
+    env = values["nats"]["container"]["env"]
+    for var, key in (("HALO_NATS_USER", "user"), ("HALO_NATS_PASSWORD", "password")):
+        ref = env[var]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": secret_name, "key": key}, f"nats.container.env.{var}"
+
+    secret = (CHART / "templates" / "nats-auth-secret.yaml").read_text()
+    assert "randAlphaNum" in secret and 'lookup "v1" "Secret" .Release.Namespace $name' in secret
+    assert "$name := .Values.natsAuth.secretName" in secret
+    assert re.search(r"^  user: .*b64enc", secret, re.M) and re.search(r"^  password: .*\$password.*b64enc", secret, re.M)
+
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    block = helpers.split('define "halo-forge.natsAuthEnv"', 1)[1].split("{{- end }}\n{{- end }}", 1)[0]
+    for var, key in (("HALO_NATS_USER", "user"), ("HALO_NATS_PASSWORD", "password")):
+        assert re.search(rf"- name: {var}\n\s+valueFrom:\n\s+secretKeyRef:\n\s+name: "
+                         rf"\{{\{{ \.Values\.natsAuth\.secretName \}}\}}\n\s+key: {key}\n", block), var
+    deployments = (CHART / "templates" / "deployments.yaml").read_text()
+    gateway_only = deployments.split('if eq $key "gateway"', 1)[1].split("{{- end }}\n            {{- end }}", 1)[0]
+    assert 'include "halo-forge.natsAuthEnv" $' in deployments and "natsAuthEnv" not in gateway_only
+
+
 @pytest.mark.skipif(shutil.which("helm") is None, reason="helm not installed")
 def test_helm_lint_and_render(tmp_path: Path) -> None:
     """With helm available: lint and render the chart (dependencies switched off, as they cannot
@@ -721,3 +832,4 @@ def test_helm_lint_and_render(tmp_path: Path) -> None:
         assert container["args"] == ["python", "-m", module_of(folder)]
         names = {e["name"] for e in container["env"]}
         assert f"{env_prefix_of(folder)}METRICS_PORT" in names
+        assert {"HALO_NATS_USER", "HALO_NATS_PASSWORD"} <= names

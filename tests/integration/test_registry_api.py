@@ -17,7 +17,7 @@ from halo_gateway.app import create_app
 from halo_gateway.settings import GatewaySettings
 from halo_registry.service import Registry
 from halo_registry.settings import RegistrySettings
-from halo_registry.testing import RunEmitter, loss_at
+from halo_testing import RunEmitter, loss_at
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, InMemory
     reg = Registry(RegistrySettings(home=home), bus)
     await reg.start()
     app = create_app(bus, GatewaySettings(home=home))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
         yield client, bus, reg
     await reg.stop()
     await bus.close()
@@ -48,6 +48,9 @@ async def add_run(bus: InMemoryBus, reg: Registry, em: RunEmitter, steps: int = 
             pass
         await asyncio.sleep(0.01)
     raise AssertionError("run not ingested")
+
+
+GZIP = {"Content-Type": "application/gzip"}  # what `halo-forge runs import` sends
 
 
 def error_of(resp: httpx.Response) -> dict:
@@ -113,7 +116,7 @@ async def test_queries_and_mutations_over_rest(api) -> None:  # noqa: ANN001
     ("POST", "/api/v1/runs/run-nope/tags", {"json": {"add": ["has space"]}}, 400, "add.0", "add.0"),
     ("DELETE", "/api/v1/runs/run-nope?keep_artifacts=maybe", {}, 400, "keep_artifacts", "keep_artifacts"),
     ("POST", "/api/v1/runs/import", {"content": b""}, 400, "empty upload", "body"),
-    ("POST", "/api/v1/runs/import", {"content": b"PK\x03\x04 not a tarball"}, 400, "not a readable Halo run bundle",
+    ("POST", "/api/v1/runs/import", {"content": b"PK\x03\x04 not a tarball", "headers": GZIP}, 400, "not a readable Halo run bundle",
      "path"),
 ])
 async def test_bad_input_gets_a_clear_4xx(api, method: str, url: str, kwargs: dict, status: int, needle: str,  # noqa: ANN001
@@ -137,9 +140,9 @@ async def test_bundle_download_and_upload(api, tmp_path: Path) -> None:  # noqa:
     assert not list((reg.store.paths.home / "bundles").glob("*.tar.gz"))  # removed after streaming
 
     # Re-importing over the existing run needs replace; a tampered copy is refused.
-    conflict = await client.post("/api/v1/runs/import", content=resp.content)
+    conflict = await client.post("/api/v1/runs/import", content=resp.content, headers=GZIP)
     assert conflict.status_code == 409 and "already exists" in error_of(conflict)["message"]
-    ok = await client.post("/api/v1/runs/import?replace=true", content=resp.content)
+    ok = await client.post("/api/v1/runs/import?replace=true", content=resp.content, headers=GZIP)
     assert ok.status_code == 200 and ok.json()["run"]["origin"] == "imported"
 
     src = tarfile.open(fileobj=io.BytesIO(resp.content), mode="r:gz")
@@ -152,7 +155,94 @@ async def test_bundle_download_and_upload(api, tmp_path: Path) -> None:  # noqa:
             info = tarfile.TarInfo(m.name)
             info.size = len(data)
             dst.addfile(info, io.BytesIO(data))
-    bad = await client.post("/api/v1/runs/import?replace=true", content=out.getvalue())
+    bad = await client.post("/api/v1/runs/import?replace=true", content=out.getvalue(), headers=GZIP)
     assert bad.status_code == 400
     assert "checksum mismatch for 'training_summary.json'" in error_of(bad)["message"]
     assert not list((reg.store.paths.home / "incoming").iterdir())  # uploads and staging cleaned up
+
+
+def _bundle_with_run_id(bundle: bytes, run_id: str) -> bytes:
+    """A copy of ``bundle`` consistently rewritten for ``run_id`` (manifest checksums match), so only
+    the id itself can be what an import refuses."""
+    import hashlib
+
+    with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as src:
+        members = {m.name: src.extractfile(m).read() for m in src.getmembers()}
+    detail = json.loads(members["run.json"])
+    detail["run"]["run_id"] = run_id
+    members["run.json"] = json.dumps(detail).encode()
+    manifest = json.loads(members.pop("MANIFEST.json"))
+    manifest["run_id"] = run_id
+    manifest["files"] = [{"path": n, "sha256": hashlib.sha256(d).hexdigest(), "size_bytes": len(d)}
+                         for n, d in members.items()]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as dst:
+        for name, data in [("MANIFEST.json", json.dumps(manifest).encode()), *members.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+async def test_import_with_hostile_run_id_is_refused_and_destroys_nothing(api) -> None:  # noqa: ANN001
+    """Issue #18 as reported: an empty run id with replace=true used to replace all of runs/."""
+    client, bus, reg = api
+    home = reg.store.paths.home
+    for rid in ("run-keep-a", "run-keep-b"):
+        await add_run(bus, reg, RunEmitter(rid), steps=5)
+        (home / "runs" / rid).mkdir(parents=True, exist_ok=True)
+        (home / "runs" / rid / "precious.txt").write_text(rid)
+    bundle = (await client.get("/api/v1/runs/run-keep-a/bundle")).content
+    for rid, problem in (("", "is empty"), ("\n", "contains '\\n'"), ("run-x\n", "contains '\\n'"), ("..", "'.'"),
+                         ("a/b", "'/'"), ("é", "'é'")):
+        for replace in ("true", "false"):
+            resp = await client.post(f"/api/v1/runs/import?replace={replace}", content=_bundle_with_run_id(bundle, rid),
+                                     headers=GZIP)
+            assert resp.status_code == 400, (rid, resp.text)
+            err = error_of(resp)
+            assert err["param"] == "run_id" and "invalid run_id" in err["message"] and problem in err["message"], err
+    for rid in ("run-keep-a", "run-keep-b"):
+        assert (home / "runs" / rid / "precious.txt").read_text() == rid
+        assert (await client.get(f"/api/v1/runs/{rid}")).json()["run"]["origin"] == "local"
+    assert (await client.get("/api/v1/runs")).json()["total"] == 2
+    assert not list((home / "incoming").iterdir())
+
+    # A well-formed id imports, marked as imported, and can be shown and deleted like any run.
+    ok = await client.post("/api/v1/runs/import", content=_bundle_with_run_id(bundle, "run-fresh"), headers=GZIP)
+    assert ok.status_code == 200, ok.text
+    marker = json.loads((home / "runs" / "run-fresh" / "imported.json").read_text())
+    assert marker["run_id"] == "run-fresh" and marker["source"].startswith("halo-registry")
+    assert (await client.get("/api/v1/runs/run-fresh")).status_code == 200
+    assert (await client.delete("/api/v1/runs/run-fresh", params={"keep_artifacts": "false"})).status_code == 200
+    assert (home / "runs" / "run-keep-a" / "precious.txt").is_file()
+
+
+@pytest.mark.parametrize("path", ["", "/metrics", "/cost", "/replay", "/bundle"])
+@pytest.mark.parametrize("bad", ["a%20b", "%C3%A9", "run-1%0A", "-run", "x" * 129])
+async def test_hostile_run_ids_in_the_path_are_400(api, path: str, bad: str) -> None:  # noqa: ANN001
+    client, _bus, _reg = api
+    resp = await client.get(f"/api/v1/runs/{bad}{path}")
+    assert resp.status_code == 400, resp.text
+    err = error_of(resp)
+    assert err["param"] == "run_id" and "invalid run_id" in err["message"]
+    for method, url, kwargs in (("DELETE", f"/api/v1/runs/{bad}", {}),
+                                ("POST", f"/api/v1/runs/{bad}/tags", {"json": {"add": ["x"]}}),
+                                ("POST", f"/api/v1/runs/{bad}/notes", {"json": {"notes": "x"}})):
+        resp = await client.request(method, url, **kwargs)
+        assert resp.status_code == 400 and error_of(resp)["param"] == "run_id", (method, url, resp.text)
+
+
+async def test_rollout_and_job_ids_are_400_on_real_nats(nats_bus, tmp_path: Path) -> None:  # noqa: ANN001
+    """NATS KV refuses keys like 'a b' or 'é' (InvalidKeyError): the gateway answers 400 JSON, not
+    500 text/plain."""
+    app = create_app(nats_bus, GatewaySettings(home=tmp_path / "home"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+        for url in ("/api/v1/rollout/jobs/{}", "/api/v1/jobs/{}"):
+            for bad in ("a%20b", "%C3%A9", "job-1%0A", "a.b"):
+                resp = await client.get(url.format(bad))
+                assert resp.status_code == 400, (url, bad, resp.text)
+                assert resp.headers["content-type"].startswith("application/json")
+                err = error_of(resp)
+                assert err["param"] == "job_id" and "invalid job_id" in err["message"], err
+            resp = await client.get(url.format("job-nope"))
+            assert resp.status_code == 404 and error_of(resp)["param"] == "job_id"

@@ -26,7 +26,7 @@ from halo_gateway.service import Gateway
 from halo_gateway.settings import GatewaySettings
 from halo_registry.service import Registry
 from halo_registry.settings import RegistrySettings
-from halo_registry.testing import RunEmitter, loss_at
+from halo_testing import RunEmitter, loss_at
 
 pytestmark = pytest.mark.integration
 
@@ -232,6 +232,7 @@ def test_replay_prints_command_and_drift_and_guards_launch(machines, cli, tmp_pa
     a, _b = machines
     data = tmp_path / "train.jsonl"
     data.write_text('{"prompt": "hi", "completion": "there"}\n')
+    from halo_common.backend import detect_backend
     from halo_forge.commands.replay import fingerprint
 
     sha, size = fingerprint(data)
@@ -248,7 +249,8 @@ def test_replay_prints_command_and_drift_and_guards_launch(machines, cli, tmp_pa
         "data_format": "prompt-completion", "records": {"train": 1, "eval": 0},
         "packages": {"pydantic": importlib.metadata.version("pydantic"), "sqlalchemy": "0.0.1",
                      "surely-not-installed-pkg": "absent"},
-        "python": None, "platform": None, "backend": "cpu", "capabilities": {"bf16": True}, "resolved": {"dtype": "fp32"},
+        "python": None, "platform": None, "backend": str(detect_backend()),  # whatever this host is: no drift
+        "capabilities": {"bf16": True}, "resolved": {"dtype": "fp32"},
         "cwd": str(tmp_path),
     }
     run_dir = a.home / "runs" / em.run_id
@@ -278,3 +280,122 @@ def test_replay_prints_command_and_drift_and_guards_launch(machines, cli, tmp_pa
 
     code, _, err = cli(a, "replay", "run-without-manifest")
     assert code == 1 and "has no replay manifest" in err
+
+
+def test_replay_launches_halo_forge_without_the_venv_on_path(machines, cli, tmp_path: Path,  # noqa: ANN001
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`replay --launch` of a run recorded as `halo-forge …` runs this CLI through the current
+    interpreter, so it works from a venv that is not on PATH (it used to say "'halo-forge' is not
+    installed here")."""
+    import shutil
+
+    from halo_common.backend import detect_backend
+
+    a, _b = machines
+    em = RunEmitter(spec={"name": "relaunch-me"})
+    out = tmp_path / "relaunched.tar.gz"
+    run_dir = a.home / "runs" / em.run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "replay.json").write_text(json.dumps({
+        "method": "sft", "spec": em.spec, "argv": ["halo-forge", "runs", "bundle", em.run_id, "-o", str(out)],
+        "backend": str(detect_backend())}))
+    a.emit(em, finished_run(em, 3))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert shutil.which("halo-forge") is None
+    code, stdout, err = cli(a, "replay", em.run_id, "--launch")
+    assert code == 0, err
+    assert f"{sys.executable} -m halo_forge.main runs bundle {em.run_id}" in stdout
+    with tarfile.open(out) as tar:  # the relaunched command really ran
+        assert json.loads(tar.extractfile("run.json").read())["run"]["run_id"] == em.run_id
+
+
+def test_replay_of_an_imported_run_names_source_paths(machines, cli, tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: ANN001
+    """An imported run's replay says which paths are the source machine's: the bundled spec.json is
+    remapped into the local run directory, a missing data file refuses --launch naming the `--set`
+    that supplies it, and with it the job really reaches this machine's gateway with the local path."""
+    from halo_bus import subjects
+    from halo_common.backend import detect_backend
+    from halo_forge.commands.replay import fingerprint
+    from halo_schemas.jobs import JobEnvelope
+
+    a, b = machines
+    data = tmp_path / "here" / "train.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(8)))
+    sha, size = fingerprint(data)
+    source_data = "/nonexistent-source-machine/data/train.jsonl"
+    em = RunEmitter(method="sft", spec={"model": str(tiny_model_dir), "data": {"train": source_data}, "max_steps": 1})
+    src_dir = a.home / "runs" / em.run_id
+    src_dir.mkdir(parents=True)
+    (src_dir / "replay.json").write_text(json.dumps({
+        "method": "sft", "spec": em.spec, "backend": str(detect_backend()),
+        "argv": ["halo-forge", "train", "sft", "--config", str(src_dir / "spec.json"), "--detach"],
+        "datasets": [{"location": source_data, "sha256": sha, "size_bytes": size, "records": 8, "kind": "file"}]}))
+    a.emit(em, finished_run(em, 3))
+    bundle = tmp_path / "imported.tar.gz"
+    assert cli(a, "runs", "bundle", em.run_id, "-o", str(bundle))[0] == 0
+    code, _, err = cli(b, "runs", "import", str(bundle))
+    assert code == 0, err
+    local_dir = b.home / "runs" / em.run_id
+
+    code, out, err = cli(b, "replay", em.run_id)
+    assert code == 0, err
+    assert "imported run" in out and str(src_dir) in out and "paths from the source machine" in out
+    rows = {ln.split("│")[1].strip(): ln for ln in out.splitlines() if ln.count("│") >= 5}
+    assert source_data in rows["data.train"] and "missing" in rows["data.train"]
+    assert str(local_dir / "spec.json") in rows["argv[4]"] and "bundled" in rows["argv[4]"]
+    assert "present" in rows["model"]
+
+    code, _, err = cli(b, "replay", em.run_id, "--launch", "--force")
+    assert code == 1 and "--set data.train=PATH" in err and source_data in err and "source machine" in err
+
+    code, out, _ = cli(b, "replay", em.run_id, "--json", "--set", f"data.train={data}")
+    report = json.loads(out)
+    assert {(p["key"], p["how"]) for p in report["source_paths"]} >= {("data.train", "supplied"), ("argv[4]", "bundled")}
+    assert [i["status"] for i in report["drift"]["items"] if i["field"] == f"dataset:{source_data}"] == ["ok"]
+    assert report["imported"]["bundle_sha256"]
+
+    code, out, err = cli(b, "replay", em.run_id, "--launch", "--set", f"data.train={data}")
+    assert code == 0, err
+    assert f"--config {local_dir / 'spec.json'} --detach --set data.train={data}" in out
+
+    async def queued() -> list[JobEnvelope]:
+        got: list[JobEnvelope] = []
+
+        async def take(delivery) -> None:  # noqa: ANN001
+            got.append(delivery.message)
+
+        sub = await b.trainer.consume_jobs(subjects.job("trainer-torch", "sft"), "test-replay", take, JobEnvelope)
+        for _ in range(500):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+        await sub.stop()
+        return got
+
+    jobs = b.call(queued())
+    assert len(jobs) == 1 and jobs[0].spec["data"]["train"] == str(data)
+    assert jobs[0].spec["model"] == str(tiny_model_dir)
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_compare_plots_runs_with_a_single_shared_metric(machines, cli, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                        terminal: bool) -> None:
+    """Two SFT runs that log only `loss`: the default `runs compare` plot (one panel) used to crash
+    with a TypeError inside plotext; drawn both for a pipe (no colour) and a colour terminal."""
+    from rich.console import Console
+
+    a, _b = machines
+    ems = [RunEmitter(method="sft", spec={"name": f"only-loss-{i}", "lr": 1e-4 * (i + 1)}) for i in range(2)]
+    for i, em in enumerate(ems):
+        a.emit(em, [em.started(total_steps=20)] + [em.progressed(s, 20, loss=loss_at(s) + 0.2 * i) for s in range(20)]
+               + [em.finished()])
+    if terminal:
+        monkeypatch.setattr(runs_cmd, "console", Console(force_terminal=True, color_system="256", width=200))
+    code, out, err = cli(a, "runs", "compare", ems[0].run_id, ems[1].run_id)
+    assert code == 0, err
+    assert "only-loss-0" in out and "only-loss-1" in out and "┌" in out and "loss" in out
+    assert ("\x1b[" in out) is terminal
+    plot = out[out.index("┌"):]
+    assert "only-loss-0" in plot and "only-loss-1" in plot  # both runs are in the legend
+    assert "3.0" in plot  # the y axis spans the curves (loss starts at 3.0)

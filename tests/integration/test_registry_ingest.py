@@ -13,8 +13,10 @@ from halo_common.natsproc import NatsProcess
 from halo_registry.core.db import metrics
 from halo_registry.service import Registry
 from halo_registry.settings import RegistrySettings
-from halo_registry.testing import RegistryDb, RunEmitter, registry_db  # noqa: F401
+from halo_registry.testing import RegistryDb, registry_db  # noqa: F401
 from halo_schemas.registry import RunMetricsRequest
+from halo_testing import RunEmitter, await_until
+from nats.aio.msg import Msg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
@@ -77,14 +79,6 @@ def stored_points(reg: Registry) -> int:
         return conn.scalar(select(func.count()).select_from(metrics))
 
 
-async def wait_until(cond, limit_s: float = 30.0) -> None:  # noqa: ANN001
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out waiting for the registry")
-        await asyncio.sleep(0.05)
-
-
 def assert_exactly_once(reg: Registry, run_id: str) -> None:
     assert stored_points(reg) == STEPS * METRICS
     d = reg.store.get(run_id)
@@ -102,7 +96,7 @@ async def test_registry_down_mid_training_catches_up_exactly_once(nats: str, reg
     reg = await start_registry(settings)
     try:
         emitting = asyncio.create_task(trainer.emit(trainer.first_half()))
-        await wait_until(lambda: stored_points(reg) >= 60)  # ingesting while the trainer emits
+        await await_until(lambda: stored_points(reg) >= 60)  # ingesting while the trainer emits
         await stop_registry(reg)  # down mid-run
         await emitting
         before_restart = stored_points(reg)
@@ -110,44 +104,46 @@ async def test_registry_down_mid_training_catches_up_exactly_once(nats: str, reg
         await trainer.emit(trainer.second_half())  # training goes on while the registry is down
 
         reg = await start_registry(settings)
-        await wait_until(lambda: stored_points(reg) == STEPS * METRICS and
+        await await_until(lambda: stored_points(reg) == STEPS * METRICS and
                          reg.store.summary(trainer.em.run_id).status.value == "succeeded")
         assert_exactly_once(reg, trainer.em.run_id)
         # A clean stop acked everything it applied: the restart read only what it had not seen.
         unseen = trainer.sent - (before_restart // METRICS) - 1
-        await wait_until(lambda: reg.ingest.totals.events >= unseen, limit_s=5)  # counters follow the commit
+        await await_until(lambda: reg.ingest.totals.events >= unseen, timeout=5, what="the counters")  # counters follow the commit
         assert reg.ingest.totals.events == unseen
     finally:
         await stop_registry(reg)
         await trainer.bus.close()
 
 
-async def test_lost_acks_and_full_replay_store_each_point_once(nats: str, registry_db: RegistryDb) -> None:  # noqa: F811
+async def test_lost_acks_and_full_replay_store_each_point_once(nats: str, registry_db: RegistryDb,  # noqa: F811
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_for(registry_db, nats)
     trainer = Trainer(await NatsBus.connect(nats, name="trainer"))
     await trainer.emit(trainer.first_half() + trainer.second_half())
 
-    # A registry that commits but "crashes" before any ack reaches the server.
-    crashing = await start_registry(settings)
-
-    async def no_ack(_msgs) -> None:  # noqa: ANN001
+    # A registry that commits but "crashes" before any ack reaches the server: every JetStream ack
+    # of this process is lost on the way (the trainer only publishes, so only the registry's are).
+    async def lost_ack(_msg: Msg) -> None:
         return None
 
-    crashing.ingest._ack = no_ack  # type: ignore[method-assign]
-    await wait_until(lambda: stored_points(crashing) == STEPS * METRICS)
+    monkeypatch.setattr(Msg, "ack", lost_ack)
+    crashing = await start_registry(settings)
+    await await_until(lambda: stored_points(crashing) == STEPS * METRICS)
     await stop_registry(crashing)
+    monkeypatch.undo()
 
     reg = await start_registry(settings)
     try:
         # Nothing was acked, so after ack_wait every event comes again; the database is unchanged.
-        await wait_until(lambda: reg.ingest.totals.events == trainer.sent)
+        await await_until(lambda: reg.ingest.totals.events == trainer.sent)
         assert_exactly_once(reg, trainer.em.run_id)
         await stop_registry(reg)
 
         # Forget the durable position altogether: the whole stream is applied once more.
         await trainer.bus.js.delete_consumer(subjects.STREAM_EVENTS, subjects.REGISTRY_INGEST_DURABLE)
         reg = await start_registry(settings)
-        await wait_until(lambda: reg.ingest.totals.events == trainer.sent)
+        await await_until(lambda: reg.ingest.totals.events == trainer.sent)
         assert_exactly_once(reg, trainer.em.run_id)
     finally:
         await stop_registry(reg)
@@ -164,7 +160,7 @@ async def test_undecodable_events_do_not_block_the_stream(nats: str, registry_db
         await trainer.bus.js.publish(subjects.run_event("trainer-torch", em.run_id, "progressed"), b"{oops",
                                      headers={"Halo-Schema": "halo.evt.run-progressed.v1"})
         await trainer.emit([em.started(), em.progressed(0, **step_metrics(0)), em.finished()])
-        await wait_until(lambda: reg.ingest.totals.events == 3)
+        await await_until(lambda: reg.ingest.totals.events == 3)
         assert stored_points(reg) == METRICS and reg.store.summary(em.run_id).status.value == "succeeded"
         assert reg.ingest.metrics.failures._value.get() == 1  # the garbage, dropped and counted
     finally:
@@ -188,7 +184,7 @@ async def test_a_database_outage_loses_nothing(nats: str, registry_db: RegistryD
     reg.store.apply_events = flaky  # type: ignore[method-assign]
     try:
         await trainer.emit(trainer.first_half() + trainer.second_half())
-        await wait_until(lambda: stored_points(reg) == STEPS * METRICS and
+        await await_until(lambda: stored_points(reg) == STEPS * METRICS and
                          reg.store.summary(trainer.em.run_id).status.value == "succeeded")
         assert outage["left"] == 0
         assert_exactly_once(reg, trainer.em.run_id)

@@ -27,6 +27,7 @@ from halo_schemas.events import RunArtifactAdded, RunCheckpointed, RunFinished, 
 from halo_schemas.health import HealthRequest, ServiceHealth
 from halo_schemas.jobs import JobEnvelope, JobState, JobStatus
 from halo_schemas.rl import GRPOSpec, RAFTSpec
+from halo_testing import await_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -128,13 +129,10 @@ async def events(bus: NatsBus, run_id: str) -> list[Any]:
 
 
 async def wait_finished(bus: NatsBus, run_id: str, within_s: float) -> RunFinished:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        done = [m for m in await events(bus, run_id) if isinstance(m, RunFinished)]
-        if done:
-            return done[-1]
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"{run_id} did not finish within {within_s}s")
+    async def finished() -> list[RunFinished]:
+        return [m for m in await events(bus, run_id) if isinstance(m, RunFinished)]
+
+    return (await await_until(finished, within_s, 0.3, f"{run_id} to finish"))[-1]
 
 
 async def test_grpo_job_learns_with_rewards_verified_over_the_bus(stack: Stack, bus: NatsBus, warm_model: str) -> None:

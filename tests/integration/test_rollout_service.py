@@ -18,7 +18,7 @@ from halo_bus import NatsBus, subjects
 from halo_common.natsproc import free_port
 from halo_gateway.app import create_app
 from halo_gateway.settings import GatewaySettings
-from halo_rollout.core.backends.transformers_backend import TransformersBackend
+from halo_sampling.backends.transformers_backend import TransformersBackend
 from halo_rollout.service import Rollout
 from halo_rollout.settings import RolloutSettings
 from halo_schemas.rollout import (
@@ -82,7 +82,7 @@ async def test_rpc_serves_the_policy_written_after_each_update(rollout: Rollout,
 async def test_job_via_gateway_writes_jsonl_and_reports_it_in_events(rollout: Rollout, nats_bus: NatsBus,
                                                                      tiny_model_dir: Path) -> None:
     app = create_app(nats_bus, GatewaySettings())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=120) as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", timeout=120) as c:
         spec = {"model": str(tiny_model_dir), "chunk_size": 2, "seed": 5,
                 "params": {"n": 3, "temperature": 1.0, "max_new_tokens": 6},
                 "requests": [{"prompt": f"prompt {i}"} for i in range(5)]}

@@ -13,6 +13,7 @@ import httpx
 import psutil
 import pytest
 from halo_common.natsproc import free_port
+from halo_testing import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,20 +27,6 @@ def cli(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedPro
 def services(gateway: str) -> dict[str, dict]:
     listing = httpx.get(f"{gateway}/api/v1/services", timeout=10).json()["services"]
     return {s["name"]: s for s in listing}
-
-
-def wait_until(cond, timeout: float = 60.0):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-            if last:
-                return last
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"condition not met in {timeout}s (last: {last})")
 
 
 def test_up_survives_a_nats_restart_and_down_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,14 +50,16 @@ def test_up_survives_a_nats_restart_and_down_leaves_nothing(tmp_path: Path, monk
 
         # Kill the nats-server: services notice, then reconnect when it comes back on the same port.
         psutil.Process(state["nats"]["pid"]).kill()
-        wait_until(lambda: httpx.get(f"{gateway}/health", timeout=5).json()["nats"] == "disconnected")
+        wait_until(lambda: httpx.get(f"{gateway}/health", timeout=5).json()["nats"] == "disconnected", 60, 0.3,
+                   "the gateway to see nats-server gone", ignore=(httpx.HTTPError,))
         restarted = cli(home, "up")
         assert restarted.returncode == 0, restarted.stderr
         assert "nats-server" in restarted.stdout and "gateway" not in restarted.stdout.split("started:")[1].split("\n")[0]
         new_state = json.loads((home / "stack.json").read_text())
         pids.append(new_state["nats"]["pid"])
         after = wait_until(lambda: (s := services(gateway)) and all(
-            (s.get(n, {}).get("health") or {}).get("status") == "ok" for n in started) and s)
+            (s.get(n, {}).get("health") or {}).get("status") == "ok" for n in started) and s,
+            60, 0.3, "every service healthy again", ignore=(httpx.HTTPError,))
         # Same instances answered again: they reconnected, they were not restarted.
         assert {n: after[n]["id"] for n in started} == {n: before[n]["id"] for n in started}
 

@@ -1,6 +1,7 @@
 """``halo-forge train`` / ``halo-forge jobs`` against a real stack (nats-server, gateway and trainer-torch as
 processes): live progress until the job ends, dry run, detach + cancel, and the three refusals before
-training — a malformed dataset line, an unknown config key, an option the backend cannot do."""
+training — a malformed dataset line or a model typo (before queueing), an unknown config key, an option the
+backend cannot do."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from halo_common.backend import capabilities, detect_backend
 from halo_testing.stack import ProcessStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -65,18 +67,23 @@ def test_unknown_config_key_is_named(stack: ProcessStack, data: Path, tmp_path: 
     assert "lerning_rate: unknown field" in r.stderr
 
 
-def test_malformed_dataset_line_stops_the_job_before_training(stack: ProcessStack, tmp_path: Path) -> None:
+def test_malformed_dataset_line_or_model_typo_is_refused_before_queueing(stack: ProcessStack, tmp_path: Path,
+                                                                          data: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(RECORDS[0]) + "\n" + '{"messages": [{"role": "user"}]\n')
     r = stack.cli("train", "sft", "--model", "tiny://llama", "--data", str(bad))
     assert r.returncode == 1
-    assert "bad.jsonl:2: invalid JSON" in r.stderr and "failed" in r.stderr
+    assert "bad.jsonl:2:32: invalid JSON: Expecting ',' delimiter" in r.stderr and "queued" not in r.stdout
+    r = stack.cli("train", "sft", "--model", str(tmp_path / "qwen-tpyo"), "--data", str(data))
+    assert r.returncode == 1
+    assert f"model not found: {tmp_path / 'qwen-tpyo'}" in r.stderr and "queued" not in r.stdout
 
 
+@pytest.mark.skipif(capabilities().four_bit, reason="this host has a 4-bit path (bitsandbytes on a GPU)")
 def test_qlora_is_refused_on_this_backend(stack: ProcessStack, data: Path) -> None:
     r = stack.cli("train", "sft", "--model", "tiny://llama", "--data", str(data), "--finetune", "qlora")
     assert r.returncode == 1
-    assert "four_bit is not supported on backend 'cpu'" in r.stderr
+    assert f"four_bit is not supported on backend '{detect_backend()}'" in r.stderr
 
 
 def test_detach_then_cancel(stack: ProcessStack, data: Path) -> None:

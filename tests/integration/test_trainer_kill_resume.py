@@ -22,6 +22,7 @@ from halo_schemas.events import RunCheckpointed, RunFinished, RunStarted
 from halo_schemas.health import HealthRequest, ServiceHealth
 from halo_schemas.jobs import JobEnvelope, JobState, JobStatus
 from halo_schemas.training import SFTSpec
+from halo_testing import await_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -56,13 +57,11 @@ async def wait_healthy(bus: NatsBus, proc: subprocess.Popen[bytes], log: Path, w
 
 
 async def wait_event(bus: NatsBus, run_id: str, pred: Any, within_s: float) -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        for rec in await bus.replay(subjects.run_events_filter(run_id)):
-            if pred(rec.message):
-                return rec.message
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"event not seen for {run_id} within {within_s}s")
+    async def matching() -> Any:
+        return next((rec.message for rec in await bus.replay(subjects.run_events_filter(run_id))
+                     if pred(rec.message)), None)
+
+    return await await_until(matching, within_s, 0.2, f"the awaited event of {run_id}")
 
 
 async def test_kill_9_mid_job_resumes_from_checkpoint(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from halo_schemas.health import HealthRequest, ServiceHealth
 from halo_schemas.verifiers import IOCase, VerifierSpec, VerifyContext, VerifyItem
 from halo_clients.verifier_sandbox import VerifierClient
 from halo_testing import wait_until
-from halo_verifier_sandbox.core.sandbox import processes_of_uid
+from halo_verifiers.sandbox import processes_of_uid
 
 pytestmark = pytest.mark.integration
 

@@ -166,6 +166,22 @@ Argument: the key.
 {{- end }}
 {{- end }}
 
+{{/* HALO_NATS_USER / HALO_NATS_PASSWORD from the natsAuth Secret (every service). Argument: root context. */}}
+{{- define "halo-forge.natsAuthEnv" -}}
+{{- if .Values.natsAuth.enabled }}
+- name: HALO_NATS_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.natsAuth.secretName }}
+      key: user
+- name: HALO_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.natsAuth.secretName }}
+      key: password
+{{- end }}
+{{- end }}
+
 {{/* HALO_GATEWAY_TOKEN from the token Secret, when there is one. Argument: root context. */}}
 {{- define "halo-forge.tokenEnv" -}}
 {{- if or .Values.auth.existingSecret .Values.auth.create }}

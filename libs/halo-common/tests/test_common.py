@@ -1,3 +1,4 @@
+import importlib.util
 import time
 
 import pytest
@@ -51,9 +52,29 @@ def test_errors_carry_code_type_and_param() -> None:
     assert odd.code == 418 and type(odd) is HaloError
 
 
-def test_cpu_backend_capabilities_here() -> None:
-    # This test machine has no accelerator; detection must say so, not guess.
-    assert detect_backend() is Backend.CPU
+def _what_torch_sees() -> Backend:
+    """This host's backend asked of torch (and the platform) directly: the expectation, on any machine."""
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return Backend.ROCM if torch.version.hip else Backend.CUDA
+    if torch.backends.mps.is_available():
+        return Backend.MPS
+    if platform.system() == "Darwin" and platform.machine() == "arm64" and importlib.util.find_spec("mlx"):
+        return Backend.MLX
+    return Backend.CPU
+
+
+def test_backend_detection_matches_this_host() -> None:
+    # Detection must report what the host has, not guess: a CPU box says cpu, a GPU box its GPU.
+    assert detect_backend() is _what_torch_sees()
+    caps = capabilities()
+    assert caps.backend is detect_backend()
+
+
+def test_cpu_capability_row() -> None:
     caps = capabilities(Backend.CPU)
     assert caps.device_count == 0 and not caps.four_bit and not caps.vllm and not caps.flash_attn
     with pytest.raises(Unprocessable) as err:

@@ -21,6 +21,7 @@ from halo_runtime.jobs import (
 from halo_schemas.base import UserInput, utcnow
 from halo_schemas.events import RunFinished, RunProgressed, RunStarted
 from halo_schemas.jobs import JobEnvelope, JobState, JobStatus
+from halo_testing import await_until
 from pydantic import Field
 
 
@@ -49,10 +50,7 @@ async def test_submit_records_queued_then_enqueues(bus: Bus) -> None:
     submitted = await submit_job(bus, service="trainer-torch", job_type="sft", spec=EchoSpec(steps=5), total_steps=5)
     status = await read_status(bus, submitted.job_id)
     assert status is not None and status.service == "trainer-torch" and status.total_steps == 5
-    for _ in range(100):
-        if got:
-            break
-        await asyncio.sleep(0.05)
+    await await_until(lambda: got, 5, 0.05, "the worker to receive the job")
     await sub.stop()
     assert [e.job_id for e in got] == [submitted.job_id]
     assert got[0].spec == {"steps": 5}

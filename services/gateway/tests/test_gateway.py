@@ -28,7 +28,7 @@ async def registry(bus: Bus):  # noqa: ANN201
 
 def client(bus: Bus, **settings: object) -> httpx.AsyncClient:
     app = create_app(bus, GatewaySettings(**settings))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
 
 
 async def test_health_and_service_discovery(bus: Bus, registry: Registry) -> None:
@@ -81,3 +81,13 @@ async def test_one_trace_spans_gateway_bus_and_service(bus: Bus, registry: Regis
     # Parent chain: gateway -> bus client -> service handler.
     assert rpc["CLIENT"].parent.span_id == gw.context.span_id
     assert rpc["SERVER"].parent.span_id == rpc["CLIENT"].context.span_id
+
+
+async def test_http_requests_are_counted_by_route_template(memory_bus: Bus) -> None:
+    async with client(memory_bus) as c:
+        for job in ("job-a", "job-b"):
+            assert (await c.get(f"/api/v1/jobs/{job}")).status_code == 404
+        text = (await c.get("/metrics")).text
+    line = 'halo_http_requests_total{method="GET",route="/api/v1/jobs/{job_id}",status="404"} 2.0'
+    assert line in text, "both ids count under one route label"
+    assert "job-a" not in text

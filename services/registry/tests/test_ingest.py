@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from halo_registry.core.db import metrics, runs
 from halo_registry.core.store import RegistryStore
-from halo_registry.testing import T0, RunEmitter, loss_at
 from halo_schemas.registry import RunDeleteRequest, RunMetricsRequest, RunSearch
+from halo_testing import T0, RunEmitter, loss_at
 from sqlalchemy import func, select
 
 

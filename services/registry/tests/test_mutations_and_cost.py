@@ -9,7 +9,6 @@ import pytest
 from halo_common.errors import Conflict, NotFound
 from halo_registry.core.cost import compute_cost, mean_power
 from halo_registry.core.store import RegistryStore
-from halo_registry.testing import T0, RunEmitter
 from halo_schemas.registry import (
     RunCostRequest,
     RunDeleteRequest,
@@ -17,6 +16,7 @@ from halo_schemas.registry import (
     RunSearch,
     RunTagRequest,
 )
+from halo_testing import T0, RunEmitter
 
 
 def test_tags_and_notes(store: RegistryStore) -> None:

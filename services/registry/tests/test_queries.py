@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from halo_common.errors import NotFound
 from halo_registry.core.store import RegistryStore
-from halo_registry.testing import RunEmitter
 from halo_schemas.registry import (
     EvalGridRequest,
     EvalRecordRequest,
@@ -18,6 +17,7 @@ from halo_schemas.registry import (
     RunMetricsRequest,
     RunSearch,
 )
+from halo_testing import RunEmitter
 from pydantic import ValidationError
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)

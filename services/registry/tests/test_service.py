@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from halo_bus import InMemoryBus, subjects
-from halo_common.errors import BadRequest, Conflict, NotFound
 from halo_clients.registry import RegistryClient
+from halo_common.errors import BadRequest, Conflict, NotFound
 from halo_registry.service import Registry
 from halo_registry.settings import RegistrySettings
 from halo_registry.testing import RegistryDb

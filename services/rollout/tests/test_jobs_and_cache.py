@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from halo_common.errors import BadRequest, NotFound
-from halo_rollout.core.backends.transformers_backend import TransformersBackend
 from halo_rollout.core.cache import ModelCache
 from halo_rollout.core.jobs import completed_lines, load_requests, run_rollout_job
+from halo_sampling.backends.transformers_backend import TransformersBackend
 from halo_schemas.rollout import RolloutJobSpec, SampleParams, SampleRequest
 from transformers import AutoModelForCausalLM
 

@@ -20,13 +20,13 @@ def _load(path: Path, method: str = "sft", **kw: object) -> object:
 
 def test_malformed_line_names_file_and_line(tmp_path: Path, sft_file: Path) -> None:
     lines = sft_file.read_text().splitlines()
-    lines[2] = lines[2][:-5]  # cut the closing braces: invalid JSON on line 3
+    lines[2] = '{"messages": [1, 2] "x"}'  # invalid JSON on line 3, column 21
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as err:
         _load(bad)
-    assert err.value.problems[0].startswith("bad.jsonl:3: invalid JSON")
-    assert len(err.value.problems) == 1
+    # The file's line and column, not the decoder's "line 1" inside one record.
+    assert err.value.problems == ["bad.jsonl:3:21: invalid JSON: Expecting ',' delimiter"]
     assert err.value.code == 422
 
 
@@ -55,7 +55,7 @@ def test_format_detection_and_method_mismatch(tmp_path: Path, pref_file: Path, s
     assert _load(pref_file, "dpo").format == "preference"  # type: ignore[attr-defined]
     with pytest.raises(DataError, match="format 'preference' cannot train 'sft'"):
         _load(pref_file, "sft")
-    with pytest.raises(DataError, match="cannot tell the format from fields \\[foo\\]"):
+    with pytest.raises(DataError, match="cannot tell the record format from the fields \\[foo\\]"):
         _load(write_jsonl(tmp_path / "x.jsonl", [{"foo": 1}]))
 
 
@@ -127,3 +127,78 @@ def test_hub_dataset_that_cannot_be_loaded_is_named() -> None:
     with pytest.raises(DataError) as err:
         load_training_data(DataSpec(train="halo-forge-tests/no-such-dataset", split="train"), "sft")
     assert err.value.problems[0].startswith("halo-forge-tests/no-such-dataset: cannot load Hub dataset split 'train'")
+
+
+def test_malformed_json_file_names_line_and_column(tmp_path: Path) -> None:
+    (tmp_path / "arr.json").write_text('[\n  {"text": "a"},\n  {"text": "b" "c"}\n]\n')
+    with pytest.raises(DataError) as err:
+        _load(tmp_path / "arr.json")
+    assert err.value.problems == ["arr.json:3:16: invalid JSON: Expecting ',' delimiter"]
+
+
+def test_alpaca_records_train_as_prompt_completion(tmp_path: Path) -> None:
+    rows = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+            {"instruction": "Say hi.", "input": "", "output": "hi", "id": 7}]
+    data = _load(write_jsonl(tmp_path / "alpaca.jsonl", rows))
+    assert data.format == "prompt_completion" and data.source_format == "alpaca"  # type: ignore[attr-defined]
+    assert data.format_label == "alpaca (as prompt_completion)"  # type: ignore[attr-defined]
+    assert data.train[0].record == {"prompt": "Add the numbers.\n\n2 and 3", "completion": "5"}  # type: ignore[attr-defined]
+    assert data.train[1].record == {"prompt": "Say hi.", "completion": "hi", "id": 7}  # type: ignore[attr-defined]
+    bad = write_jsonl(tmp_path / "bad_alpaca.jsonl", rows + [{"instruction": "x", "output": 3}])
+    with pytest.raises(DataError) as err:
+        _load(bad)
+    assert err.value.problems == ["bad_alpaca.jsonl:3: field 'output': must be a string, got int"]
+
+
+def test_sharegpt_records_train_as_messages(tmp_path: Path) -> None:
+    rows = [{"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "hi"},
+                               {"from": "gpt", "value": "hello"}]},
+            {"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]}]
+    data = _load(write_jsonl(tmp_path / "sg.jsonl", rows))
+    assert data.format == "messages" and data.source_format == "sharegpt"  # type: ignore[attr-defined]
+    assert data.train[0].record["messages"] == [  # type: ignore[attr-defined]
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"}]
+    rows.append({"conversations": [{"from": "bot", "value": "x"}, {"from": "gpt", "value": 1}]})
+    with pytest.raises(DataError) as err:
+        _load(write_jsonl(tmp_path / "sg_bad.jsonl", rows))
+    assert err.value.problems == [
+        "sg_bad.jsonl:3: field 'conversations[0].from': unknown speaker 'bot' (expected human, gpt or system)",
+        "sg_bad.jsonl:3: field 'conversations[1].value': must be a string"]
+
+
+def test_columns_map_other_field_names(tmp_path: Path) -> None:
+    rows = [{"question": "2+2?", "answer": "4"}, {"question": "3+3?", "answer": "6"}]
+    path = write_jsonl(tmp_path / "qa.jsonl", rows)
+    data = _load(path, columns={"prompt": "question", "completion": "answer"})
+    assert data.format == "prompt_completion"  # type: ignore[attr-defined]
+    assert data.train[1].record == {"prompt": "3+3?", "completion": "6"}  # type: ignore[attr-defined]
+    prefs = write_jsonl(tmp_path / "pp.jsonl", [{"q": "Pick.", "good": "Yes, gladly.", "bad": "No."}])
+    pdata = _load(prefs, "dpo", columns={"prompt": "q", "chosen": "good", "rejected": "bad"})
+    assert pdata.train[0].record == {"prompt": "Pick.", "chosen": "Yes, gladly.", "rejected": "No."}  # type: ignore[attr-defined]
+    body = write_jsonl(tmp_path / "body.jsonl", [{"body": "plain text"}])
+    assert _load(body, columns={"text": "body"}).train[0].record == {"text": "plain text"}  # type: ignore[attr-defined]
+
+
+def test_unknown_format_is_one_problem_listing_the_fields(tmp_path: Path) -> None:
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(50)]
+    with pytest.raises(DataError) as err:
+        _load(write_jsonl(tmp_path / "qa.jsonl", rows))
+    assert len(err.value.problems) == 1 and err.value.param == "data.format"
+    msg = err.value.problems[0]
+    assert "cannot tell the record format from the fields [answer, question] (first record, qa.jsonl:1)" in msg
+    assert "alpaca {'instruction'[, 'input'], 'output'}" in msg and "data.columns" in msg
+    assert msg.count("question") == 1  # the fields are listed once
+    # An explicit format whose fields the records lack: also one line, not one per record.
+    with pytest.raises(DataError) as err:
+        _load(tmp_path / "qa.jsonl", format="prompt_completion")
+    assert len(err.value.problems) == 1
+    assert "format 'prompt_completion' needs the fields" in err.value.problems[0]
+    assert "(qa.jsonl:1) has [answer, question]" in err.value.problems[0]
+
+
+def test_columns_spec_is_checked() -> None:
+    with pytest.raises(ValueError, match="unknown canonical field\\(s\\) 'question'"):
+        DataSpec(train="/x.jsonl", columns={"question": "prompt"})
+    with pytest.raises(ValueError, match="either text_field or columns.text"):
+        DataSpec(train="/x.jsonl", text_field="body", columns={"text": "content"})

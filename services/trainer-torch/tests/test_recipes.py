@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from halo_common.backend import capabilities, detect_backend
 from halo_schemas.jobs import JobState
 from halo_trainer_torch.core.components.hooks import JobControl, Reporter
 from halo_trainer_torch.core.components.reward_verifier import RewardModelVerifier
@@ -197,17 +198,20 @@ def test_unknown_config_key_stops_before_training(sft_file: Path, tmp_path: Path
     _assert_stopped_before_training(tmp_path / "run")
 
 
+@pytest.mark.skipif(capabilities().four_bit, reason="this host has a 4-bit path (bitsandbytes on a GPU)")
 def test_qlora_is_refused_without_bitsandbytes(sft_file: Path, tmp_path: Path) -> None:
     s = run_job("sft", _spec(sft_file, finetune="qlora"), tmp_path / "run")
     assert s.state == JobState.FAILED
-    assert "four_bit is not supported on backend 'cpu'" in (s.failure_reason or "")
+    assert f"four_bit is not supported on backend '{detect_backend()}'" in (s.failure_reason or "")
     assert "QLoRA needs bitsandbytes" in (s.failure_reason or "")
     _assert_stopped_before_training(tmp_path / "run")
 
 
+@pytest.mark.skipif(capabilities().fp16, reason="this host computes float16 (a GPU)")
 def test_float16_on_cpu_is_refused(sft_file: Path, tmp_path: Path) -> None:
     s = run_job("sft", _spec(sft_file, dtype="float16"), tmp_path / "run")
-    assert s.state == JobState.FAILED and "fp16 is not supported on backend 'cpu'" in (s.failure_reason or "")
+    assert s.state == JobState.FAILED
+    assert f"fp16 is not supported on backend '{detect_backend()}'" in (s.failure_reason or "")
 
 
 def test_early_stopping_on_eval_loss(sft_file: Path, tmp_path: Path) -> None:
@@ -229,7 +233,7 @@ def test_run_directory_contents(sft_file: Path, tmp_path: Path) -> None:
     replay = json.loads((root / "replay.json").read_text())
     assert replay["spec"] == spec and replay["seeds"] == {"seed": 42, "data_seed": 42}
     assert replay["datasets"][0]["sha256"] == __import__("hashlib").sha256(sft_file.read_bytes()).hexdigest()
-    assert replay["datasets"][0]["size_bytes"] == sft_file.stat().st_size and replay["backend"] == "cpu"
+    assert replay["datasets"][0]["size_bytes"] == sft_file.stat().st_size and replay["backend"] == str(detect_backend())
     assert {"torch", "transformers", "trl", "peft"} <= set(replay["packages"])
     summary = json.loads((root / "training_summary.json").read_text())
     assert summary["run_id"] == "run-test" and summary["job_id"] == "job-test" and summary["steps"] == 4

@@ -16,6 +16,7 @@ from halo_gateway.app import create_app
 from halo_gateway.settings import GatewaySettings
 from halo_schemas.events import RunFinished, RunProgressed
 from halo_schemas.jobs import JobStatus
+from halo_testing import await_until
 from halo_trainer_torch.service import TrainerTorch
 from halo_trainer_torch.settings import TrainerTorchSettings
 
@@ -27,7 +28,7 @@ def _settings(home: Path) -> TrainerTorchSettings:
 @pytest.fixture
 async def gateway(memory_bus: InMemoryBus) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(memory_bus, GatewaySettings())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
         yield client
 
 
@@ -113,11 +114,15 @@ async def test_bad_data_fails_the_job_before_training(gateway: httpx.AsyncClient
                                                       tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n{"messages": 1}\n')
-    resp = await gateway.post("/api/v1/jobs/sft", json=_sft(bad))
+    resp = await gateway.post("/api/v1/jobs/sft", json=_sft(bad, name="typo-run"))
     events = await _events(gateway, resp.json()["run_id"])
-    assert [e["type"] for e in events] == ["finished"]
-    assert events[0]["message"]["state"] == "failed"
-    assert events[0]["message"]["error"].startswith("invalid training record: bad.jsonl:2: field 'messages'")
+    # A run that ends before training still announces what it was (method, name, model) before it fails.
+    assert [e["type"] for e in events] == ["started", "finished"]
+    started = events[0]["message"]
+    assert started["method"] == "sft" and started["base_model"] == "tiny://llama"
+    assert started["spec"]["name"] == "typo-run" and started["total_steps"] is None
+    assert events[1]["message"]["state"] == "failed"
+    assert events[1]["message"]["error"].startswith("invalid training record: bad.jsonl:2: field 'messages'")
     status = (await gateway.get(f"/api/v1/jobs/{resp.json()['job_id']}")).json()
     assert status["state"] == "failed" and "bad.jsonl:2" in status["error"]
 
@@ -132,13 +137,11 @@ async def test_preview_renders_trained_and_masked_tokens(gateway: httpx.AsyncCli
 
 
 async def _wait_for(memory_bus: InMemoryBus, run_id: str, kind: type, within_s: float = 60) -> Any:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while asyncio.get_running_loop().time() < deadline:
-        for rec in await memory_bus.replay(subjects.run_events_filter(run_id)):
-            if isinstance(rec.message, kind):
-                return rec.message
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {kind.__name__} for {run_id}")
+    async def found() -> Any:
+        return next((rec.message for rec in await memory_bus.replay(subjects.run_events_filter(run_id))
+                     if isinstance(rec.message, kind)), None)
+
+    return await await_until(found, within_s, 0.05, f"a {kind.__name__} event of {run_id}")
 
 
 async def test_cancel_a_running_job(gateway: httpx.AsyncClient, trainer: TrainerTorch, sft_file: Path,

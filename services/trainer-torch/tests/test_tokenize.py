@@ -85,7 +85,7 @@ def test_preview_shows_trained_and_masked_runs(sft_file: Path) -> None:
 def test_preview_reports_problems_instead_of_failing(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"messages": [}\n')
     result = preview_job("sft", {"model": "tiny://llama", "data": {"train": str(tmp_path / "bad.jsonl")}})
-    assert not result.ok and result.problems[0].startswith("bad.jsonl:1: invalid JSON")
+    assert not result.ok and result.problems == ["bad.jsonl:1:15: invalid JSON: Expecting value"]
 
 
 def test_preview_of_preference_data(pref_file: Path) -> None:

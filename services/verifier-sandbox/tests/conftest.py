@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import halo_verifier_sandbox.core.verifiers  # noqa: F401  (registers the built-ins)
+import halo_verifiers.verifiers  # noqa: F401  (registers the built-ins)
 import pytest
-from halo_verifier_sandbox.core.base import Runtime
-from halo_verifier_sandbox.core.engine import VerifierEngine, _expose_toolchains
-from halo_verifier_sandbox.core.registry import REGISTRY
-from halo_verifier_sandbox.core.sandbox import Sandbox
-from halo_verifier_sandbox.core.toolchains import Toolchains
+from halo_verifiers.base import Runtime
+from halo_verifiers.engine import VerifierEngine, _expose_toolchains
+from halo_verifiers.registry import REGISTRY
+from halo_verifiers.sandbox import Sandbox
+from halo_verifiers.toolchains import Toolchains
 
 
 @pytest.fixture(scope="session")

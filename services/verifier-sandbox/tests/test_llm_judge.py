@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from halo_common.errors import BadRequest
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyStage
-from halo_verifier_sandbox.core.engine import VerifierEngine
-from halo_verifier_sandbox.core.verifiers.llm_judge import (
+from halo_verifiers.engine import VerifierEngine
+from halo_verifiers.verifiers.llm_judge import (
     JudgeEmptyVerdict,
     JudgeUnparseableVerdict,
     parse_verdict,
@@ -133,7 +133,7 @@ def test_local_callable_judge(engine: VerifierEngine) -> None:
 
 
 def test_spec_validation() -> None:
-    from halo_verifier_sandbox.core.registry import REGISTRY
+    from halo_verifiers.registry import REGISTRY
 
     for bad in ({}, {"endpoint": "http://x/v1"}, {"judge": "a", "endpoint": "http://x/v1", "model": "m"},
                 {"judge": "a", "scale_min": 5, "scale_max": 5}, {"judge": "a", "api_key": "sk-no-secrets-in-specs"}):

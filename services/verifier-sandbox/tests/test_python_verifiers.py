@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from halo_common.errors import BadRequest
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyResult, VerifyStage
-from halo_verifier_sandbox.core.engine import VerifierEngine
+from halo_verifiers.engine import VerifierEngine
 
 
 def run(engine: VerifierEngine, name: str, completion: str, context: VerifyContext | None = None,

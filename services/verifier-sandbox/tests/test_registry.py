@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from halo_common.errors import BadRequest, NotFound
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyStage
-from halo_verifier_sandbox.core.base import Verifier, VerifierParams
-from halo_verifier_sandbox.core.engine import VerifierEngine
-from halo_verifier_sandbox.core.registry import REGISTRY, VerifierRegistry, register_verifier
+from halo_verifiers.base import Verifier, VerifierParams
+from halo_verifiers.engine import VerifierEngine
+from halo_verifiers.registry import REGISTRY, VerifierRegistry, register_verifier
 from pydantic import Field
 
 GOOD = '''

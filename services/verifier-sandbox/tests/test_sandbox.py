@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from halo_verifier_sandbox.core.sandbox import (
+from halo_verifiers.sandbox import (
     Mechanism,
     Sandbox,
     SandboxLimits,
     SandboxUnavailable,
     processes_of_uid,
 )
-from halo_verifier_sandbox.core.toolchains import Toolchains
+from halo_verifiers.toolchains import Toolchains
 
 PY = Toolchains().get("python")
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import psutil
 import pytest
 from halo_bus import Bus, subjects
+from halo_clients.verifier_sandbox import VerifierClient
 from halo_common.errors import BadRequest, NotFound
 from halo_schemas.health import HealthRequest, HealthStatus
 from halo_schemas.verifiers import IOCase, VerifierSpec, VerifyContext, VerifyItem, VerifyStage
-from halo_clients.verifier_sandbox import VerifierClient
-from halo_verifier_sandbox.core.sandbox import processes_of_uid
 from halo_verifier_sandbox.service import VerifierSandbox
 from halo_verifier_sandbox.settings import VerifierSandboxSettings
+from halo_verifiers.sandbox import processes_of_uid
 
 C_ADD = '#include <stdio.h>\nint main(void){ int a, b; scanf("%d %d", &a, &b); printf("%d\\n", a + b); return 0; }\n'
 PLUGIN = '''
@@ -50,7 +50,7 @@ async def service(bus: Bus, tmp_path: Path) -> AsyncIterator[VerifierSandbox]:
     svc = await start(bus, tmp_path)
     yield svc
     await svc.stop()
-    from halo_verifier_sandbox.core.registry import REGISTRY
+    from halo_verifiers.registry import REGISTRY
 
     REGISTRY.load_plugins(None, group=None)  # drop this test's plugins from the process-wide registry
 

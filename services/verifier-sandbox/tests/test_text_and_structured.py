@@ -9,7 +9,7 @@ import pytest
 import sacrebleu
 from halo_common.errors import BadRequest
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyResult, VerifyStage
-from halo_verifier_sandbox.core.engine import VerifierEngine
+from halo_verifiers.engine import VerifierEngine
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import CHRF
 

@@ -3,9 +3,13 @@
 1. starts (or reuses) the local stack (``halo_forge.stack.ensure_up``) unless ``HALO_GATEWAY_URL`` points at one;
 2. SFT: teaches a random-weight tiny Llama a small bundled task (which sound each animal makes);
 3. DPO (RPO loss, LoRA): on top of the SFT model, prefers enthusiastic answers ("moo!") over flat ones ("moo.");
-4. prints what the model answered before training, after SFT and after DPO, with the key metrics.
+4. prints what the model answered before training, after SFT and after DPO, with the key metrics;
+5. RL (``--rl raft``, the default, or ``grpo``; see :mod:`halo_forge.commands.demo_rl`): a warm-up SFT on the
+   "answer tags" task (``tag:river`` -> ``<answer>river</answer>``), then RL rewarded by verifiers over the bus
+   for the right answer (each record's expected answer) with partial credit for the format; prints the share
+   of right answers before and after, and each sample answer marked right or wrong by the same verifiers.
 
-Everything runs on CPU in about a minute; later issues extend the demo (reward model, GRPO, eval, serving).
+Everything runs on CPU in one to two minutes on 2 cores.
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import psutil
 import typer
+import yaml
 from halo_common.backend import detect_backend
 from halo_common.errors import BadRequest, NotFound, Unprocessable
 from rich.console import Console
@@ -66,8 +69,10 @@ def recommend(
     backend: str = typer.Option(None, help="Backend (default: detected)."),
     memory_gb: float = typer.Option(None, help="Accelerator memory in GB (default: this machine's RAM)."),
 ) -> None:
-    """Recommended method and hyper-parameters for a model on a backend with this much memory."""
-    from halo_models.catalog import CatalogError, UnknownModelError
+    """Training-spec keys for a model on a backend with this much memory: paste them into a
+    `halo-forge train sft` spec. Each value is what the trainer then uses; the ones equal to the
+    trainer's own default (what it resolves when the key is left out) are marked."""
+    from halo_models.catalog import CatalogError, UnknownModelError, auto_dtype, trainer_defaults
     from halo_models.catalog import recommend as rec
 
     be = backend or str(detect_backend())
@@ -78,13 +83,35 @@ def recommend(
         raise NotFound(str(exc), param="model_id") from None
     except CatalogError as exc:
         raise Unprocessable(str(exc), param="backend") from None
-    table = Table(title=f"{model_id} on {be} with {mem:.0f} GB")
-    table.add_column("setting")
+    spec = r.spec()
+    defaults = trainer_defaults(r.backend, finetune=r.method, lora_rank=r.lora_rank)
+    table = Table(title=f"{r.model_id} on {be} with {mem:.0f} GB: spec keys (estimated peak {r.estimated_memory_gb:g} GiB)")
+    table.add_column("spec key")
     table.add_column("value")
-    for k, v in r.model_dump().items():
-        if k not in ("model_id", "backend", "memory_gb"):
-            table.add_row(k, str(v))
+    table.add_column("trainer default")
+    for key, value, default in _flat(spec, defaults):
+        table.add_row(key, _show(value), "[green]same[/]" if value == default else _show(default))
+    table.add_row("dtype", "auto", auto_dtype(r.backend))
     console.print(table)
+    console.print("paste into the spec (YAML):")
+    console.print(yaml.safe_dump({"model": r.model_id, **spec}, sort_keys=False).rstrip(), highlight=False, markup=False)
+    for note in r.notes:
+        console.print(f"  • {note}", highlight=False)
+
+
+def _flat(spec: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value, trainer default) rows; nested keys (lora.rank) as the spec writes them."""
+    rows: list[tuple[str, Any, Any]] = []
+    for k, v in spec.items():
+        if isinstance(v, dict):
+            rows += _flat(v, defaults.get(k) or {}, f"{prefix}{k}.")
+        else:
+            rows.append((prefix + k, v, defaults.get(k)))
+    return rows
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -197,25 +198,34 @@ def _short(run: dict[str, Any]) -> str:
 
 
 def render_plot(cmp: dict[str, Any], width: int, height: int, colorless: bool) -> str:
-    """Overlaid curves, one panel per metric, one line per run (plotext)."""
+    """Overlaid curves, one panel per metric, one line per run (plotext), as a string: ANSI colours
+    unless ``colorless``. Points without a finite value are left out (plotext's C core aborts on
+    them); a run without a metric simply has no line in that panel."""
     import plotext as plt
 
     fig = plt.figure
     fig.clear()
     metrics = cmp["metrics"]
-    fig.subplots(len(metrics), 1)
     labels = {r["run_id"]: _short(r) for r in cmp["runs"]}
-    for i, metric in enumerate(metrics, 1):
-        panel = fig.subplot(i, 1)
-        panel.title(metric)
-        for run_id, series in cmp["series"].items():
-            s = next((x for x in series if x["name"] == metric), None)
-            if s and s["steps"]:
-                panel.draw(panel.signal(s["steps"], s["values"]).lines().label(labels[run_id]))
-    fig.plot_size(width, height * len(metrics))
-    out = fig.build().string(colorless=colorless)
-    fig.clear()
-    return out
+    try:
+        # plotext treats a 1x1 grid as "no grid" (subplot(1, 1) then fails with a TypeError): a
+        # single metric is drawn on the figure itself.
+        if len(metrics) > 1:
+            fig.subplots(len(metrics), 1)
+        for i, metric in enumerate(metrics, 1):
+            panel = fig.subplot(i, 1) if len(metrics) > 1 else fig
+            panel.title(metric)
+            for run_id, series in cmp["series"].items():
+                s = next((x for x in series if x["name"] == metric), None)
+                points = [(x, y) for x, y in zip(s["steps"], s["values"], strict=False)
+                          if isinstance(y, int | float) and math.isfinite(y)] if s else []
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    panel.draw(panel.signal(list(xs), list(ys)).lines().label(labels.get(run_id, run_id)))
+        fig.plot_size(width, height * len(metrics))
+        return fig.build().string(colorless=colorless)
+    finally:
+        fig.clear()
 
 
 @runs_app.command("compare")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 from halo_common.backend import capabilities, detect_backend
-from halo_common.errors import NotFound
+from halo_common.errors import BadRequest, NotFound
 from halo_common.natsproc import find_nats_server
 from halo_common.paths import HaloPaths
 from rich.console import Console
@@ -19,6 +19,7 @@ from halo_forge import stack
 from halo_forge.client import GatewayClient
 
 console = Console()
+err_console = Console(stderr=True)
 
 PACKAGES = (
     "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "bitsandbytes",
@@ -29,13 +30,30 @@ PACKAGES = (
 def up(
     timeout: float = typer.Option(120.0, help="Seconds to wait for every service to report healthy."),
     gateway_port: int = typer.Option(0, help="Gateway port for a new stack (0: 8420, or a free port if taken)."),
+    only: str = typer.Option("", help="Start only these services, comma separated (default: every installed one)."),
 ) -> None:
     """Start the embedded stack (nats-server + every installed service), or reuse the running one."""
+    created: list[str] = []
     with console.status("starting the Halo Forge stack…"):
-        state, started = stack.up(gateway_port=gateway_port or None, timeout=timeout)
+        state, started = stack.up(services=_only(only), gateway_port=gateway_port or None, timeout=timeout,
+                                  on_token=created.append)
+    for token in created:  # shown once, to the operator's terminal (stderr), never to a log
+        err_console.print("[bold yellow]The gateway is exposed (HALO_GATEWAY_HOST is not loopback) and had no "
+                          "token[/]: created API token 'operator'. It is shown once; only its hash is stored.")
+        err_console.print(f"\n    {token}\n", highlight=False, soft_wrap=True)
+        err_console.print("Clients send it as 'Authorization: Bearer <token>'; halo-forge reads HALO_TOKEN.")
     what = ", ".join(started) if started else "nothing (already running)"
     console.print(f"[green]stack up[/] — started: {what}")
     console.print(f"gateway: [bold]{state.gateway_url}[/]   nats: {state.nats_url}   home: {state.home}")
+
+
+def _only(only: str) -> list[str] | None:
+    wanted = [s.strip() for s in only.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in stack.available_services()]
+    if unknown:
+        raise BadRequest(f"--only: unknown or not installed: {', '.join(unknown)}; installed: "
+                         f"{', '.join(stack.available_services())}", param="only")
+    return wanted or None
 
 
 def down() -> None:
@@ -46,7 +64,9 @@ def down() -> None:
 
 def status() -> None:
     """Services of the running stack with their health and versions (asks the gateway)."""
-    listing = GatewayClient.from_env(timeout=10).get("/api/v1/services")
+    client = GatewayClient.from_env(timeout=10)
+    console.print(f"gateway: {client.describe()}", highlight=False)
+    listing = client.get("/api/v1/services")
     table = Table(title="Halo Forge services")
     for col in ("service", "instance", "version", "health", "backend", "uptime"):
         table.add_column(col)
@@ -90,17 +110,21 @@ def doctor() -> None:
     supported = Table(title="supported here")
     supported.add_column("feature")
     supported.add_column("status")
+    installed = stack.available_services()
+    # (feature, the service that provides it, available, what it needs): only installed services are listed.
     rows = [
-        ("SFT / DPO / ORPO / RM (full, LoRA, DoRA, rsLoRA, PiSSA)", caps.torch, "needs torch"),
-        ("QLoRA (4-bit)", caps.four_bit, "needs bitsandbytes on CUDA/ROCm"),
-        ("vLLM rollouts / serving", caps.vllm, "needs vllm on CUDA/ROCm"),
-        ("MLX training (trainer-mlx)", caps.mlx, "needs mlx + mlx-lm"),
-        ("Multi-GPU (accelerate)", caps.multi_gpu, "needs >1 device (CPU gloo for tests)"),
+        ("SFT / DPO / ORPO / RM (full, LoRA, DoRA, rsLoRA, PiSSA)", "trainer-torch", caps.torch, "needs torch"),
+        ("QLoRA (4-bit)", "trainer-torch", caps.four_bit, "needs bitsandbytes on CUDA/ROCm"),
+        ("Multi-GPU (accelerate)", "trainer-torch", caps.multi_gpu, "needs >1 device (CPU gloo for tests)"),
+        ("vLLM rollouts", "rollout", caps.vllm, "needs vllm on CUDA/ROCm"),
+        ("vLLM serving", "serve", caps.vllm, "needs vllm on CUDA/ROCm"),
+        ("MLX training", "trainer-mlx", caps.mlx, "needs mlx + mlx-lm"),
     ]
-    for feat, ok, why in rows:
-        supported.add_row(feat, "[green]yes[/]" if ok else f"[red]no[/] — {why}")
+    for feat, svc, ok, why in rows:
+        if svc in installed:
+            supported.add_row(f"{feat} ({svc})", "[green]yes[/]" if ok else f"[red]no[/] — {why}")
     console.print(supported)
-    console.print(f"services installed: {', '.join(stack.available_services()) or 'none'}")
+    console.print(f"services installed: {', '.join(installed) or 'none'}")
 
 
 def logs(

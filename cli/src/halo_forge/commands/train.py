@@ -1,7 +1,9 @@
 """``halo-forge train sft|dpo|orpo|rm``: submit a training job to the local stack and follow it live.
 
 The spec is built from ``--config FILE`` (YAML or JSON), then the flags, then ``--set key.path=value``
-(any spec field, e.g. ``--set lora.rank=32``). The gateway validates it (an unknown key or a bad value is
+(any spec field, e.g. ``--set lora.rank=32``). The flags are derived from the method's spec model
+(:mod:`halo_forge.specflags`): every scalar field is ``--<field>`` and every field of a nested model
+``--<model>-<field>`` (``--lora-rank``), with the field's own description as help. The gateway validates it (an unknown key or a bad value is
 named) and queues it; the command then streams the run's events as a progress bar with loss, learning
 rate and throughput until the job ends (``--detach`` returns at once). ``--dry-run`` validates the data on
 a trainer and shows a rendered sample with trained tokens highlighted and masked ones dimmed.
@@ -10,17 +12,22 @@ a trainer and shows a rendered sample with trained tokens highlighted and masked
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 from halo_common.errors import BadRequest, HaloError
+from halo_common.specpolicy import is_local_path
+from halo_schemas.training import TRAINING_JOB_SPECS
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from halo_forge.client import GatewayClient
+from halo_forge.specflags import spec_command
 
 console = Console()
 train_app = typer.Typer(help="Train a model as a durable job: sft | dpo | orpo | rm | grpo | raft.", no_args_is_help=True)
@@ -39,18 +46,24 @@ def load_config(path: Path | None) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise BadRequest(f"cannot read config {path}: {exc.strerror}", param="config") from None
-    try:
-        if path.suffix.lower() == ".json":
+    if path.suffix.lower() == ".json":
+        try:
             data = json.loads(text)
-        else:
-            try:
-                import yaml
-            except ImportError:
-                raise BadRequest(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use a .json config",
-                                 param="config") from None
+        except json.JSONDecodeError as exc:  # the file's line and column, e.g. spec.json:4:17
+            raise BadRequest(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}", param="config") from None
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise BadRequest(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use a .json config",
+                             param="config") from None
+        try:
             data = yaml.safe_load(text)
-    except Exception as exc:
-        raise BadRequest(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}", param="config") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            what = getattr(exc, "problem", None) or str(exc)
+            raise BadRequest(f"{where}: not valid YAML: {what}", param="config") from None
     if not isinstance(data, dict):
         raise BadRequest(f"{path}: the config must be a mapping of spec fields", param="config")
     return data
@@ -83,27 +96,57 @@ def apply_set(spec: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = parse_value(raw)
 
 
+#: Shorthand flag names for paths inside ``data``.
+DATA_SHORTHANDS = {"data": ("data", "train"), "eval_data": ("data", "eval"), "eval_fraction": ("data", "eval_fraction")}
+
+
 def build_spec(config: Path | None, flags: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
-    """config file < flags < --set. The ``data`` / ``eval_data`` / ``eval_fraction`` flags fill ``data.*``;
-    a config may give ``data`` as a plain path."""
+    """config file < flags < --set. ``flags`` keys are field names or dotted paths (``lora.rank``); the
+    shorthands ``data`` / ``eval_data`` / ``eval_fraction`` fill ``data.*``. A config may give ``data`` as a
+    plain path."""
     spec = load_config(config)
-    raw = spec.get("data")
-    data: dict[str, Any] = {"train": raw} if isinstance(raw, str) else dict(raw or {})
+    if isinstance(spec.get("data"), str):
+        spec["data"] = {"train": spec["data"]}
     for key, value in flags.items():
         if value is None:
             continue
-        if key == "data":
-            data["train"] = value
-        elif key == "eval_data":
-            data["eval"] = value
-        elif key == "eval_fraction":
-            data["eval_fraction"] = value
-        else:
-            spec[key] = value
-    if data:
-        spec["data"] = data
+        path = DATA_SHORTHANDS.get(key) or tuple(key.split("."))
+        node = spec
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
     for s in sets or []:
         apply_set(spec, s)
+    return absolute_paths(spec)
+
+
+#: Spec fields that hold a local path (or a Hub id / tiny:// / demo://), as key paths.
+PATH_FIELDS = (("model",), ("ref_model",), ("data", "train"), ("data", "eval"), ("curriculum", "historical_stats"))
+
+
+def absolute_path(value: str) -> str:
+    """A path made absolute against the caller's working directory (``~`` expanded); a Hub id
+    (``org/name``) or a ``tiny://`` / ``demo://`` location unchanged. A Hub-id-shaped name that exists here
+    (``my-model``, ``models/qwen``) is taken as the local directory it names."""
+    if "://" in value:
+        return value
+    expanded = os.path.expanduser(value)
+    if os.path.exists(expanded) or is_local_path(value):
+        return os.path.abspath(expanded)
+    return value
+
+
+def absolute_paths(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with every path field absolute: the gateway (maybe on another machine, always in another
+    directory) refuses relative paths rather than resolving them against its own working directory."""
+    for keys in PATH_FIELDS:
+        node: Any = spec
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
+            node[keys[-1]] = absolute_path(node[keys[-1]])
     return spec
 
 
@@ -251,104 +294,41 @@ def _loss_line(summary: dict[str, Any]) -> str | None:
 
 
 # ---- commands ------------------------------------------------------------------------------------
-_MODEL = typer.Option(None, "--model", "-m", help="Base model: Hub id, local HF directory, or tiny://llama.")
-_DATA = typer.Option(None, "--data", "-d", help="Training data: .jsonl/.json/.parquet file or a Hub dataset id.")
-_CONFIG = typer.Option(None, "--config", "-c", help="Spec file (YAML or JSON); flags override it.")
-_EVAL = typer.Option(None, "--eval-data", help="Held-out data in the same format.")
-_EVAL_FRACTION = typer.Option(None, "--eval-fraction", help="Hold out this fraction of the training data instead.")
-_FINETUNE = typer.Option(None, "--finetune", help="full | lora | qlora | dora | rslora | pissa.")
-_EPOCHS = typer.Option(None, "--epochs", help="Passes over the data.")
-_STEPS = typer.Option(None, "--max-steps", help="Optimizer steps (overrides --epochs).")
-_BS = typer.Option(None, "--batch-size", help="Per-device batch size.")
-_GA = typer.Option(None, "--grad-accum", help="Gradient accumulation steps.")
-_LR = typer.Option(None, "--lr", help="Peak learning rate.")
-_MAXLEN = typer.Option(None, "--max-length", help="Maximum sequence length in tokens.")
-_NPROC = typer.Option(None, "--num-processes", help="Data-parallel processes (launched through accelerate).")
-_NAME = typer.Option(None, "--name", help="A name for the run.")
-_SEED = typer.Option(None, "--seed", help="Random seed.")
-_SET = typer.Option(None, "--set", help="Any spec field: --set lora.rank=32 (repeatable).")
-_DETACH = typer.Option(False, "--detach", help="Return once the job is queued.")
-_DRY = typer.Option(False, "--dry-run", help="Validate the data and show a rendered sample; do not train.")
-_SAMPLES = typer.Option(1, "--samples", help="Records to render with --dry-run.")
+#: How the spec-derived flags of every training command are named beyond ``--<field>`` / ``--<model>-<field>``.
+FLAG_ROUTES = {"data": ("data", "train"), "eval_data": ("data", "eval"), "eval_fraction": ("data", "eval_fraction")}
+FLAG_ALIASES: dict[tuple[str, ...], list[str]] = {
+    ("learning_rate",): ["--lr"],
+    ("completion_only_loss",): ["--completion-only/--full-sequence-loss"],
+    ("center_rewards_coefficient",): ["--center-rewards"],
+    ("curriculum", "strategy"): ["--curriculum"],
+    ("shaping", "strategy"): ["--shaping"],
+    ("allow_compile_only",): ["--allow-compile-only/--no-compile-only"],
+}
+SHORT_FLAGS = {("model",): "-m", ("data", "train"): "-d", ("num_generations",): "-n"}
+#: Fields set only through --config / --set (lists and free-form fields).
+NO_FLAG = ("tags",)
 
 
-def _common(model: str | None, data: str | None, eval_data: str | None, eval_fraction: float | None, finetune: str | None,
-            epochs: float | None, max_steps: int | None, batch_size: int | None, grad_accum: int | None, lr: float | None,
-            max_length: int | None, num_processes: int | None, name: str | None, seed: int | None) -> dict[str, Any]:
-    return {"model": model, "data": data, "eval_data": eval_data, "eval_fraction": eval_fraction, "finetune": finetune,
-            "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum,
-            "learning_rate": lr, "max_length": max_length, "num_processes": num_processes, "name": name, "seed": seed}
+def training_command(method: str, submit: Callable[[str, dict[str, Any], dict[str, Any]], None],
+                     extra: dict[str, tuple[Any, Any]] | None = None) -> Callable[..., None]:
+    """``halo-forge train <method>``: one flag per field of the method's spec, with the field's own help."""
+    spec_cls = TRAINING_JOB_SPECS[method]
+    doc = (spec_cls.__doc__ or method).strip().split("\n\n")[0]
+
+    def run(values: dict[tuple[str, ...], Any], options: dict[str, Any]) -> None:
+        submit(method, {".".join(path): value for path, value in values.items()}, options)
+
+    return spec_command(spec_cls, run, doc=doc, skip=NO_FLAG, routes=FLAG_ROUTES, aliases=FLAG_ALIASES,
+                        short=SHORT_FLAGS, extra=extra)
 
 
-@train_app.command("sft")
-def train_sft(
-    model: str = _MODEL, data: str = _DATA, config: Path = _CONFIG, eval_data: str = _EVAL,
-    eval_fraction: float = _EVAL_FRACTION, finetune: str = _FINETUNE, epochs: float = _EPOCHS, max_steps: int = _STEPS,
-    batch_size: int = _BS, grad_accum: int = _GA, lr: float = _LR, max_length: int = _MAXLEN,
-    num_processes: int = _NPROC, name: str = _NAME, seed: int = _SEED,
-    packing: bool = typer.Option(None, "--packing/--no-packing", help="Pack records into full rows (default on)."),
-    completion_only: bool = typer.Option(None, "--completion-only/--full-sequence-loss",
-                                         help="Loss on assistant/completion tokens only (default) or on everything."),
-    sets: list[str] = _SET, detach: bool = _DETACH, dry_run: bool = _DRY, samples: int = _SAMPLES,
-) -> None:
-    """Supervised finetuning on text, prompt/completion or chat (messages) records."""
-    flags = _common(model, data, eval_data, eval_fraction, finetune, epochs, max_steps, batch_size, grad_accum, lr,
-                    max_length, num_processes, name, seed)
-    flags.update({"packing": packing, "completion_only_loss": completion_only})
-    _submit("sft", config, flags, sets, detach, dry_run, samples)
+def _submit_training(method: str, flags: dict[str, Any], options: dict[str, Any]) -> None:
+    _submit(method, options["config"], flags, options["sets"], options["detach"], options["dry_run"],
+            options["samples"])
 
 
-@train_app.command("dpo")
-def train_dpo(
-    model: str = _MODEL, data: str = _DATA, config: Path = _CONFIG, eval_data: str = _EVAL,
-    eval_fraction: float = _EVAL_FRACTION, finetune: str = _FINETUNE, epochs: float = _EPOCHS, max_steps: int = _STEPS,
-    batch_size: int = _BS, grad_accum: int = _GA, lr: float = _LR, max_length: int = _MAXLEN,
-    num_processes: int = _NPROC, name: str = _NAME, seed: int = _SEED,
-    loss_type: str = typer.Option(None, "--loss-type", help="sigmoid | ipo | hinge | kto_pair | rpo | cdpo."),
-    beta: float = typer.Option(None, "--beta", help="DPO beta (IPO tau)."),
-    label_smoothing: float = typer.Option(None, "--label-smoothing", help="cDPO label-flip probability."),
-    reference_free: bool = typer.Option(None, "--reference-free/--with-reference", help="Use no reference model."),
-    ref_model: str = typer.Option(None, "--ref-model", help="Reference model (default: the base model)."),
-    sets: list[str] = _SET, detach: bool = _DETACH, dry_run: bool = _DRY, samples: int = _SAMPLES,
-) -> None:
-    """Direct preference optimisation on chosen/rejected pairs."""
-    flags = _common(model, data, eval_data, eval_fraction, finetune, epochs, max_steps, batch_size, grad_accum, lr,
-                    max_length, num_processes, name, seed)
-    flags.update({"loss_type": loss_type, "beta": beta, "label_smoothing": label_smoothing,
-                  "reference_free": reference_free, "ref_model": ref_model})
-    _submit("dpo", config, flags, sets, detach, dry_run, samples)
-
-
-@train_app.command("orpo")
-def train_orpo(
-    model: str = _MODEL, data: str = _DATA, config: Path = _CONFIG, eval_data: str = _EVAL,
-    eval_fraction: float = _EVAL_FRACTION, finetune: str = _FINETUNE, epochs: float = _EPOCHS, max_steps: int = _STEPS,
-    batch_size: int = _BS, grad_accum: int = _GA, lr: float = _LR, max_length: int = _MAXLEN,
-    num_processes: int = _NPROC, name: str = _NAME, seed: int = _SEED,
-    beta: float = typer.Option(None, "--beta", help="Weight of the odds-ratio term (lambda)."),
-    sets: list[str] = _SET, detach: bool = _DETACH, dry_run: bool = _DRY, samples: int = _SAMPLES,
-) -> None:
-    """ORPO: SFT plus an odds-ratio preference term, no reference model."""
-    flags = _common(model, data, eval_data, eval_fraction, finetune, epochs, max_steps, batch_size, grad_accum, lr,
-                    max_length, num_processes, name, seed)
-    flags["beta"] = beta
-    _submit("orpo", config, flags, sets, detach, dry_run, samples)
-
-
-@train_app.command("rm")
-def train_rm(
-    model: str = _MODEL, data: str = _DATA, config: Path = _CONFIG, eval_data: str = _EVAL,
-    eval_fraction: float = _EVAL_FRACTION, finetune: str = _FINETUNE, epochs: float = _EPOCHS, max_steps: int = _STEPS,
-    batch_size: int = _BS, grad_accum: int = _GA, lr: float = _LR, max_length: int = _MAXLEN,
-    num_processes: int = _NPROC, name: str = _NAME, seed: int = _SEED,
-    center_rewards: float = typer.Option(None, "--center-rewards", help="Reward-centering coefficient (0 disables)."),
-    sets: list[str] = _SET, detach: bool = _DETACH, dry_run: bool = _DRY, samples: int = _SAMPLES,
-) -> None:
-    """Reward model (Bradley-Terry on a sequence-classification head) from chosen/rejected pairs."""
-    flags = _common(model, data, eval_data, eval_fraction, finetune, epochs, max_steps, batch_size, grad_accum, lr,
-                    max_length, num_processes, name, seed)
-    flags["center_rewards_coefficient"] = center_rewards
-    _submit("rm", config, flags, sets, detach, dry_run, samples)
+for _method in ("sft", "dpo", "orpo", "rm"):
+    train_app.command(_method)(training_command(_method, _submit_training))
 
 
 def register(app: typer.Typer) -> None:

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from halo_forge.client import GatewayClient
-from halo_forge.commands.train import build_spec, follow_run, render_preview, train_app
+from halo_forge.commands.train import build_spec, follow_run, render_preview, train_app, training_command
 
 console = Console()
 
@@ -143,97 +143,22 @@ def submit_rl(method: str, spec: dict[str, Any], *, detach: bool, dry_run: bool,
     return finished
 
 
-# ---- options shared by both commands --------------------------------------------------------------
-_MODEL = typer.Option(None, "--model", "-m", help="Policy to start from: Hub id, local HF directory (e.g. an SFT run's "
-                      "final/), or tiny://llama.")
-_DATA = typer.Option(None, "--data", "-d", help="Prompts: .jsonl with {prompt, context} (or messages) records.")
-_CONFIG = typer.Option(None, "--config", "-c", help="Spec file (YAML or JSON); flags override it.")
-_EVAL = typer.Option(None, "--eval-data", help="Held-out prompts: their mean reward is reported before and after.")
-_EVAL_FRACTION = typer.Option(None, "--eval-fraction", help="Hold out this fraction of the prompts instead.")
-_VERIFIER = typer.Option(None, "--verifier", "-v", help="NAME[:WEIGHT] of a verifier (repeatable).")
-_VPARAMS = typer.Option(None, "--verifier-params", help="NAME=JSON parameters of a verifier (repeatable).")
-_TRANSPORT = typer.Option(None, "--verifier-transport", help="bus (verifier-sandbox service, default) | local.")
-_NGEN = typer.Option(None, "--num-generations", "-n", help="Completions sampled per prompt.")
-_TEMP = typer.Option(None, "--temperature", help="Sampling temperature of the rollouts.")
-_MAXNEW = typer.Option(None, "--max-new-tokens", help="Longest completion in tokens.")
-_FINETUNE = typer.Option(None, "--finetune", help="full | lora | qlora | dora | rslora.")
-_BS = typer.Option(None, "--batch-size", help="Per-device batch size (GRPO: completions per micro-batch).")
-_GA = typer.Option(None, "--grad-accum", help="Gradient accumulation steps.")
-_LR = typer.Option(None, "--lr", help="Peak learning rate.")
-_MAXLEN = typer.Option(None, "--max-length", help="Maximum sequence length in tokens.")
-_NAME = typer.Option(None, "--name", help="A name for the run.")
-_SEED = typer.Option(None, "--seed", help="Random seed.")
-_SET = typer.Option(None, "--set", help="Any spec field: --set lora.rank=32 (repeatable).")
-_DETACH = typer.Option(False, "--detach", help="Return once the job is queued.")
-_DRY = typer.Option(False, "--dry-run", help="Validate the prompts and show how they are rendered; do not train.")
-_SAMPLES = typer.Option(1, "--samples", help="Prompts to render with --dry-run.")
+# ---- commands: flags from the specs, plus the verifier flags ----------------------------------------
+RL_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "verifier": (typer.Option(None, "--verifier", "-v", help="NAME[:WEIGHT] of a verifier (repeatable)."),
+                 list[str] | None),
+    "verifier_params": (typer.Option(None, "--verifier-params", help="NAME=JSON parameters of a verifier (repeatable)."),
+                        list[str] | None),
+}
 
 
-def _flags(model: str | None, data: str | None, eval_data: str | None, eval_fraction: float | None,
-           transport: str | None, num_generations: int | None, temperature: float | None, max_new_tokens: int | None,
-           finetune: str | None, batch_size: int | None, grad_accum: int | None, lr: float | None,
-           max_length: int | None, name: str | None, seed: int | None) -> dict[str, Any]:
-    return {"model": model, "data": data, "eval_data": eval_data, "eval_fraction": eval_fraction,
-            "verifier_transport": transport, "num_generations": num_generations, "temperature": temperature,
-            "max_new_tokens": max_new_tokens, "finetune": finetune, "batch_size": batch_size, "grad_accum": grad_accum,
-            "learning_rate": lr, "max_length": max_length, "name": name, "seed": seed}
+def _submit_rl_command(method: str, flags: dict[str, Any], options: dict[str, Any]) -> None:
+    spec = rl_spec(options["config"], flags, options["sets"], options["verifier"], options["verifier_params"])
+    submit_rl(method, spec, detach=options["detach"], dry_run=options["dry_run"], samples=options["samples"])
 
 
-@train_app.command("grpo")
-def train_grpo(
-    model: str = _MODEL, data: str = _DATA, config: Path = _CONFIG, eval_data: str = _EVAL,
-    eval_fraction: float = _EVAL_FRACTION, verifier: list[str] = _VERIFIER, verifier_params: list[str] = _VPARAMS,
-    verifier_transport: str = _TRANSPORT, num_generations: int = _NGEN, temperature: float = _TEMP,
-    max_new_tokens: int = _MAXNEW, finetune: str = _FINETUNE, batch_size: int = _BS, grad_accum: int = _GA,
-    lr: float = _LR, max_length: int = _MAXLEN, name: str = _NAME, seed: int = _SEED,
-    max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps."),
-    epochs: float = typer.Option(None, "--epochs", help="Passes over the prompts (when --max-steps is not set)."),
-    loss_type: str = typer.Option(None, "--loss-type", help="grpo | dr_grpo | dapo | bnpo | cispo | sapo | luspo | vespo."),
-    beta: float = typer.Option(None, "--beta", help="KL penalty against the starting model (0 = reference-free)."),
-    epsilon: float = typer.Option(None, "--epsilon", help="Clipping epsilon (ratio within 1 +- epsilon)."),
-    epsilon_high: float = typer.Option(None, "--epsilon-high", help="Upper clipping epsilon (DAPO clip-higher)."),
-    scale_rewards: str = typer.Option(None, "--scale-rewards", help="group | batch | none (Dr. GRPO)."),
-    generation: str = typer.Option(None, "--generation", help="rollout (Halo's backend, default) | trl."),
-    sets: list[str] = _SET, detach: bool = _DETACH, dry_run: bool = _DRY, samples: int = _SAMPLES,
-) -> None:
-    """GRPO: group-relative advantages over sampled completions, rewards from verifiers."""
-    flags = _flags(model, data, eval_data, eval_fraction, verifier_transport, num_generations, temperature,
-                   max_new_tokens, finetune, batch_size, grad_accum, lr, max_length, name, seed)
-    flags.update({"max_steps": max_steps, "epochs": epochs, "loss_type": loss_type, "beta": beta, "epsilon": epsilon,
-                  "epsilon_high": epsilon_high, "scale_rewards": scale_rewards, "generation": generation})
-    submit_rl("grpo", rl_spec(config, flags, sets, verifier, verifier_params), detach=detach, dry_run=dry_run,
-              samples=samples)
-
-
-@train_app.command("raft")
-def train_raft(
-    model: str = _MODEL, data: str = _DATA, config: Path = _CONFIG, eval_data: str = _EVAL,
-    eval_fraction: float = _EVAL_FRACTION, verifier: list[str] = _VERIFIER, verifier_params: list[str] = _VPARAMS,
-    verifier_transport: str = _TRANSPORT, num_generations: int = _NGEN, temperature: float = _TEMP,
-    max_new_tokens: int = _MAXNEW, finetune: str = _FINETUNE, batch_size: int = _BS, grad_accum: int = _GA,
-    lr: float = _LR, max_length: int = _MAXLEN, name: str = _NAME, seed: int = _SEED,
-    cycles: int = typer.Option(None, "--cycles", help="RAFT cycles (generate -> verify -> select -> SFT)."),
-    epochs: float = typer.Option(None, "--epochs", help="SFT passes over each cycle's kept samples."),
-    reward_threshold: float = typer.Option(None, "--reward-threshold", help="Keep samples with at least this reward."),
-    keep_top_fraction: float = typer.Option(None, "--keep-top-fraction", help="Keep this top fraction of the eligible."),
-    lr_decay: float = typer.Option(None, "--lr-decay", help="Learning rate multiplier per cycle."),
-    curriculum: str = typer.Option(None, "--curriculum", help="none | complexity | progressive | adaptive | historical."),
-    shaping: str = typer.Option(None, "--shaping", help="fixed | annealing | warmup | adaptive."),
-    allow_compile_only: bool = typer.Option(None, "--allow-compile-only/--no-compile-only",
-                                            help="Accept compile-only successes as training samples."),
-    sets: list[str] = _SET, detach: bool = _DETACH, dry_run: bool = _DRY, samples: int = _SAMPLES,
-) -> None:
-    """RAFT: rejection-sampling finetuning in cycles, keeping only verified samples."""
-    flags = _flags(model, data, eval_data, eval_fraction, verifier_transport, num_generations, temperature,
-                   max_new_tokens, finetune, batch_size, grad_accum, lr, max_length, name, seed)
-    flags.update({"cycles": cycles, "epochs": epochs, "reward_threshold": reward_threshold,
-                  "keep_top_fraction": keep_top_fraction, "lr_decay": lr_decay,
-                  "allow_compile_only": allow_compile_only})
-    spec = rl_spec(config, flags, sets, verifier, verifier_params)
-    for key, value in (("curriculum", curriculum), ("shaping", shaping)):
-        if value is not None:
-            spec[key] = {**(spec.get(key) or {}), "strategy": value}
-    submit_rl("raft", spec, detach=detach, dry_run=dry_run, samples=samples)
+for _method in ("grpo", "raft"):
+    train_app.command(_method)(training_command(_method, _submit_rl_command, extra=RL_OPTIONS))
 
 
 def register(app: typer.Typer) -> None:

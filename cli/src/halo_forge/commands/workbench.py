@@ -92,7 +92,7 @@ def dry_run(
 ) -> None:
     """Sample completions, verify them, and show the reward distribution with degenerate-signal warnings."""
     try:
-        from halo_rollout.core.workbench import PromptRewards, analyze_rewards
+        from halo_sampling.workbench import PromptRewards, analyze_rewards
     except ImportError:  # pragma: no cover - depends on the installation
         raise Unprocessable("the reward workbench needs the halo-rollout package: pip install halo-rollout",
                             param="verifier") from None

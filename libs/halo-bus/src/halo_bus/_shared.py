@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import Any
 
 from halo_common.errors import BadRequest, HaloError
@@ -19,11 +20,12 @@ log = logging.getLogger("halo_bus")
 async def run_rpc_handler(
     handler: Handler, request_type: type[BaseModel], subject: str, data: bytes, headers: dict[str, str] | None
 ) -> tuple[bytes, dict[str, str]]:
-    """Decode, call, encode. Any failure becomes micro error headers; nothing escapes."""
+    """Decode (validating into ``request_type``), call, encode. Any failure becomes micro error
+    headers; nothing escapes."""
     # Echo the caller's correlation id only; a reply needs no id of its own.
-    cid = (headers or {}).get(codec.CORRELATION_HEADER)
-    corr = {codec.CORRELATION_HEADER: cid} if cid else {}
-    with tracing.server_span(f"rpc {subject}", subject, headers):
+    cid = headers.get(codec.CORRELATION_HEADER) if headers else None
+    corr = {codec.CORRELATION_HEADER: cid} if cid else None
+    with tracing.server_span("rpc", subject, headers):
         try:
             req = codec.decode(data, headers, request_type)
             reply = await handler(req)
@@ -35,8 +37,22 @@ async def run_rpc_handler(
             return error_reply(HaloError(f"{type(exc).__name__}: {exc}"), corr)
 
 
-def error_reply(exc: HaloError, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
-    out = dict(headers)
+#: What NATS KV accepts as a key (nats-py checks with re.match and "$", which lets a final "\n" through).
+_KV_KEY = re.compile(r"[-/_=.A-Za-z0-9]+")
+
+
+def check_kv_key(key: str) -> str:
+    """``key`` when the key/value store accepts it, else a :class:`BadRequest` naming it: ASCII
+    letters, digits and ``-/_=.``, no empty ``.``-separated token. Both buses check, so an
+    InMemoryBus refuses what NATS would."""
+    if not isinstance(key, str) or not _KV_KEY.fullmatch(key) or ".." in key or key[0] == "." or key[-1] == ".":
+        raise BadRequest(f"invalid key/value key {key!r}: use ASCII letters, digits and -/_=. (no empty '.' token)",
+                         param="key")
+    return key
+
+
+def error_reply(exc: HaloError, headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
+    out = dict(headers) if headers else {}
     out[codec.ERROR_HEADER] = exc.message
     out[codec.ERROR_CODE_HEADER] = str(exc.code)
     if exc.param:
@@ -66,7 +82,7 @@ async def run_job_handler(delivery: JobDelivery[Any], handler: Any, heartbeat_s:
 
     hb = asyncio.create_task(heartbeat())
     try:
-        with tracing.server_span(f"consume {delivery.subject}", delivery.subject, delivery.headers):
+        with tracing.server_span("consume", delivery.subject, delivery.headers):
             await handler(delivery)
     except BadRequest as exc:
         log.warning("job on %s rejected: %s", delivery.subject, exc)

@@ -14,12 +14,17 @@ Usage::
 
     await bus.publish_event(subjects.run_event("trainer-torch", run_id, "progressed"), event)
     history = await bus.replay(subjects.run_events_filter(run_id))
+
+    async def ingest(batch: list[EventRecord]) -> list[EventRecord]:
+        db.apply([r.message for r in batch])     # one transaction for the whole batch
+        return []                                # nothing to redeliver: all acked
+    await bus.consume_events_batched(subjects.RUN_EVENTS_WILDCARD, "registry-ingest", ingest, batch_size=500)
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -57,12 +62,19 @@ class JobDelivery(abc.ABC, Generic[M]):
 
 @dataclass
 class EventRecord(Generic[M]):
-    """A stored event as replayed or delivered: the decoded message and its stream position."""
+    """A stored event as replayed or delivered: the decoded message, its stream position and (for
+    a consumer) how many times it has been delivered, this time included."""
 
     subject: str
     message: M
     sequence: int
     headers: dict[str, str] = field(default_factory=dict)
+    num_delivered: int = 1
+
+
+#: ``handler(batch)`` of :meth:`Bus.consume_events_batched`: returns the records to redeliver
+#: (``None`` or empty: the whole batch is acked).
+BatchHandler = Callable[[list[EventRecord[Any]]], Awaitable[Iterable[EventRecord[Any]] | None]]
 
 
 class Subscription(abc.ABC):
@@ -143,6 +155,41 @@ class Bus(abc.ABC):
     ) -> Subscription:
         """Deliver events to ``handler``. A ``durable`` consumer resumes where it left off after a
         restart (acks after the handler returns; a raising handler gets the event again)."""
+
+    @abc.abstractmethod
+    async def consume_events_batched(
+        self,
+        filter_subject: str,
+        durable: str,
+        handler: BatchHandler,
+        *,
+        message_type: type[BaseModel] | None = None,
+        batch_size: int = 100,
+        max_wait_s: float = 1.0,
+        ack_wait_s: float = 30.0,
+        drain_timeout_s: float = 10.0,
+        on_undecodable: Callable[[str, Exception], None] | None = None,
+    ) -> Subscription:
+        """Deliver stored events matching ``filter_subject`` to ``handler`` in batches, through the
+        durable consumer ``durable`` (a new one starts at the oldest event; a restarted one resumes
+        after the last acked event).
+
+        - ``handler(batch)`` gets up to ``batch_size`` records in stream order, one call at a time;
+          an idle consumer waits up to ``max_wait_s`` for the first event of a batch. The next batch
+          is fetched and decoded while the handler runs.
+        - Returning acks the batch, except the records the handler returns: those are redelivered
+          later (``num_delivered`` + 1), so one bad event need not hold back the rest. Raising
+          redelivers the whole batch.
+        - While the handler runs, the bus extends the lease of every event it holds, so a handler
+          that waits (a database restarting) is not overtaken by redelivery; a consumer that dies
+          gets its events redelivered ``ack_wait_s`` later.
+        - An event that does not decode (unknown schema, invalid, not a ``message_type``) is
+          dropped — terminated, logged and passed to ``on_undecodable(subject, error)`` — never
+          handed to ``handler``.
+        - ``stop()`` stops fetching, lets the batch in hand finish (up to ``drain_timeout_s``) and
+          settles it as above, and hands back a fetched batch it did not start, so a clean stop
+          leaves nothing handled unacked.
+        """
 
     # ---- key/value -----------------------------------------------------------------------
     @abc.abstractmethod

@@ -26,20 +26,24 @@ M = TypeVar("M", bound=BaseModel)
 
 def encode(msg: BaseModel, headers: dict[str, str] | None = None, correlate: bool = True) -> tuple[bytes, dict[str, str]]:
     """Payload bytes and headers for ``msg``: ``Halo-Schema``, plus a new correlation id unless
-    ``headers`` carry one or ``correlate`` is False (replies echo the request's instead)."""
-    sid = getattr(type(msg), "schema_id", "")
+    ``headers`` carry one or ``correlate`` is False (replies echo the request's instead).
+    ``headers`` is copied, never changed."""
+    cls = type(msg)
+    sid = getattr(cls, "schema_id", "")
     if not sid:
-        raise TypeError(f"{type(msg).__name__} has no schema_id and cannot go on the bus")
-    out = dict(headers or {})
+        raise TypeError(f"{cls.__name__} has no schema_id and cannot go on the bus")
+    out = dict(headers) if headers else {}
     out[SCHEMA_HEADER] = sid
     if correlate and CORRELATION_HEADER not in out:
         out[CORRELATION_HEADER] = os.urandom(8).hex()  # cheap; uuid4 costs ~4x more per message
-    return msg.model_dump_json().encode(), out
+    # The model's own serializer straight to bytes: the same JSON as model_dump_json().encode()
+    # without the str round trip and keyword plumbing (about half the cost of a small message).
+    return cls.__pydantic_serializer__.to_json(msg), out
 
 
 def decode(data: bytes, headers: dict[str, str] | None, expected: type[M] | None = None) -> M:
     """Rebuild the model named by the ``Halo-Schema`` header; checks it is ``expected`` when given."""
-    sid = (headers or {}).get(SCHEMA_HEADER)
+    sid = headers.get(SCHEMA_HEADER) if headers else None
     if not sid:
         raise BadRequest("message has no Halo-Schema header", param=SCHEMA_HEADER)
     try:
@@ -52,6 +56,8 @@ def decode(data: bytes, headers: dict[str, str] | None, expected: type[M] | None
             param=SCHEMA_HEADER,
         )
     try:
-        return cls.model_validate_json(data)  # type: ignore[return-value]
+        # Validated from the raw bytes in one pass (no json.loads + model_validate); calling the
+        # model's validator directly is what model_validate_json does, minus its keyword plumbing.
+        return cls.__pydantic_validator__.validate_json(data)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise BadRequest(describe_validation_error(exc, what=sid)) from None

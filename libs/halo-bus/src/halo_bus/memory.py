@@ -10,19 +10,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from halo_common.errors import Unavailable
 from halo_schemas.health import ServiceInfo
 from pydantic import BaseModel
 
 from halo_bus import codec, subjects, tracing
-from halo_bus._shared import raise_if_error, run_job_handler, run_rpc_handler
-from halo_bus.api import Bus, EventRecord, Handler, JobDelivery, M, ServiceRegistration, Subscription
+from halo_bus._shared import check_kv_key, raise_if_error, run_job_handler, run_rpc_handler
+from halo_bus.api import (
+    BatchHandler,
+    Bus,
+    EventRecord,
+    Handler,
+    JobDelivery,
+    M,
+    ServiceRegistration,
+    Subscription,
+)
+
+log = logging.getLogger("halo_bus.memory")
+S = TypeVar("S", bound=Subscription)
+
+
+@dataclass
+class _Cursor:
+    """A durable batched consumer's state, like JetStream's: what is acked, what a subscription
+    holds, how often each event was delivered, and when a naked one may come again."""
+
+    acked: set[int] = field(default_factory=set)
+    held: dict[int, object] = field(default_factory=dict)  # seq -> holding subscription
+    deliveries: dict[int, int] = field(default_factory=dict)
+    not_before: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +130,14 @@ class _TaskSubscription(Subscription):
             self.on_stop()
 
 
+class _StopSubscription(Subscription):
+    def __init__(self, stop: Callable[[], Awaitable[None]]) -> None:
+        self._stop = stop
+
+    async def stop(self) -> None:
+        await self._stop()
+
+
 class InMemoryBus(Bus):
     """Single-process bus for unit tests. ``poll_s`` is how often queues look for expired leases."""
 
@@ -120,13 +152,14 @@ class InMemoryBus(Bus):
         self._event_ids: set[str] = set()
         self._event_added = asyncio.Event()
         self._durables: dict[str, int] = {}
+        self._cursors: dict[str, _Cursor] = {}
         self._kv: dict[tuple[str, str], tuple[bytes, dict[str, str]]] = {}
         self._seq = itertools.count(1)
         self._poll_s = poll_s
         self._closed = False
-        self._subs: list[_TaskSubscription] = []
+        self._subs: list[Subscription] = []
 
-    def _keep(self, sub: _TaskSubscription) -> _TaskSubscription:
+    def _keep(self, sub: S) -> S:
         self._subs.append(sub)
         return sub
 
@@ -139,7 +172,7 @@ class InMemoryBus(Bus):
         return svc
 
     async def request(self, subject: str, msg: BaseModel, reply_type: type[M], timeout: float = 5.0) -> M:
-        with tracing.client_span(f"rpc {subject}", subject) as trace_headers:
+        with tracing.client_span("rpc", subject) as trace_headers:
             data, headers = codec.encode(msg, trace_headers)
             endpoints = self._endpoints.get(subject) or []
             if not endpoints:
@@ -165,7 +198,7 @@ class InMemoryBus(Bus):
     async def submit_job(self, subject: str, msg: BaseModel, msg_id: str) -> bool:
         if msg_id in self._job_ids:
             return False
-        with tracing.client_span(f"publish {subject}", subject) as trace_headers:
+        with tracing.client_span("publish", subject) as trace_headers:
             data, headers = codec.encode(msg, {**trace_headers, codec.MSG_ID_HEADER: msg_id})
         self._job_ids.add(msg_id)
         self._jobs.append(_StoredJob(next(self._seq), subject, data, headers))
@@ -222,7 +255,7 @@ class InMemoryBus(Bus):
             if msg_id in self._event_ids:
                 return
             self._event_ids.add(msg_id)
-        with tracing.client_span(f"publish {subject}", subject) as trace_headers:
+        with tracing.client_span("publish", subject) as trace_headers:
             extra = {codec.MSG_ID_HEADER: msg_id} if msg_id else {}
             data, headers = codec.encode(msg, {**trace_headers, **extra})
         self._events.append((next(self._seq), subject, data, headers))
@@ -272,12 +305,107 @@ class InMemoryBus(Bus):
 
         return self._keep(_TaskSubscription([asyncio.create_task(pump())]))
 
+    async def consume_events_batched(
+        self,
+        filter_subject: str,
+        durable: str,
+        handler: BatchHandler,
+        *,
+        message_type: type[BaseModel] | None = None,
+        batch_size: int = 100,
+        max_wait_s: float = 1.0,
+        ack_wait_s: float = 30.0,
+        drain_timeout_s: float = 10.0,
+        on_undecodable: Callable[[str, Exception], None] | None = None,
+    ) -> Subscription:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        cur = self._cursors.setdefault(durable, _Cursor())
+        me = object()
+        stopping = asyncio.Event()
+
+        def next_batch() -> list[tuple[int, str, bytes, dict[str, str]]]:
+            now, out = time.monotonic(), []
+            for e in self._events:
+                seq = e[0]
+                if seq in cur.acked or seq in cur.held or cur.not_before.get(seq, 0.0) > now:
+                    continue
+                if subjects.matches(filter_subject, e[1]):
+                    out.append(e)
+                    if len(out) >= batch_size:
+                        break
+            return out
+
+        def settle(seqs: list[int], retry: set[int], delay: float) -> None:
+            for seq in seqs:
+                cur.held.pop(seq, None)
+                if seq in retry:
+                    cur.not_before[seq] = time.monotonic() + delay
+                else:
+                    cur.acked.add(seq)
+
+        async def pump() -> None:
+            while not stopping.is_set():
+                batch = next_batch()
+                if not batch:
+                    self._event_added.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._event_added.wait(), min(self._poll_s, max_wait_s))
+                    continue
+                records: list[tuple[int, EventRecord[Any]]] = []
+                for seq, subject, data, headers in batch:
+                    cur.deliveries[seq] = cur.deliveries.get(seq, 0) + 1
+                    try:
+                        message = codec.decode(data, headers, message_type)
+                    except Exception as exc:
+                        cur.acked.add(seq)  # terminated, as on NATS
+                        log.warning("dropping undecodable event on %s: %s", subject, exc)
+                        if on_undecodable is not None:
+                            try:
+                                on_undecodable(subject, exc)
+                            except Exception:
+                                log.exception("on_undecodable callback failed")
+                        continue
+                    cur.held[seq] = me
+                    records.append((seq, EventRecord(subject, message, seq, dict(headers), cur.deliveries[seq])))
+                if not records:
+                    continue
+                seqs = [seq for seq, _ in records]
+                try:
+                    retry = await handler([r for _, r in records])
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("batch handler on %s failed; %d events will be redelivered", filter_subject, len(seqs))
+                    settle(seqs, set(seqs), self._poll_s)  # like a NATS nak (shorter delay: tests)
+                    continue
+                again = {id(r) for r in retry or ()}
+                settle(seqs, {seq for seq, r in records if id(r) in again}, self._poll_s)
+
+        task = asyncio.create_task(pump())
+
+        def release() -> None:
+            # A stopped (or dead) consumer's events become deliverable again, as when ack_wait lapses.
+            for seq in [s for s, holder in cur.held.items() if holder is me]:
+                del cur.held[seq]
+
+        async def stop() -> None:
+            stopping.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), drain_timeout_s)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            release()
+
+        return self._keep(_StopSubscription(stop))
+
     # ---- key/value -----------------------------------------------------------------------
     async def kv_put(self, bucket: str, key: str, msg: BaseModel) -> None:
-        self._kv[(bucket, key)] = codec.encode(msg)
+        self._kv[(bucket, check_kv_key(key))] = codec.encode(msg)
 
     async def kv_get(self, bucket: str, key: str, message_type: type[M]) -> M | None:
-        item = self._kv.get((bucket, key))
+        item = self._kv.get((bucket, check_kv_key(key)))
         return None if item is None else codec.decode(item[0], item[1], message_type)
 
     async def kv_keys(self, bucket: str) -> list[str]:

@@ -26,6 +26,7 @@ SERVICES: tuple[str, ...] = (
     "rollout",
     "eval",
     "serve",
+    "data",
 )
 
 STREAM_JOBS = "HALO_JOBS"
@@ -175,6 +176,12 @@ REGISTRY_RUN_IMPORT = declare("rpc", rpc("registry", "run-import"), "halo.rpc.ru
                               "halo.rpc.run-imported.v1", "Import a bundle file; refuses a tampered or malformed one.")
 REGISTRY_RUN_REPLAY = declare("rpc", rpc("registry", "run-replay"), "halo.rpc.run-ref.v1", "halo.rpc.run-replay.v1",
                               "The replay manifest of a run and its launch command.")
+REGISTRY_DATASET_REGISTER = declare("rpc", rpc("registry", "dataset-register"), "halo.rpc.dataset-register-request.v1",
+                                     "halo.registry.dataset.v1", "Record a dataset file (path, rows, sha256, recipe, parents).")
+REGISTRY_DATASET_GET = declare("rpc", rpc("registry", "dataset-get"), "halo.rpc.dataset-ref.v1", "halo.registry.dataset.v1",
+                               "One dataset by id (dataset:<id> in a training spec resolves through it).")
+REGISTRY_DATASET_LIST = declare("rpc", rpc("registry", "dataset-list"), "halo.rpc.dataset-list-request.v1",
+                                "halo.rpc.dataset-list.v1", "Datasets, newest first, by name or run.")
 REGISTRY_INGEST_DURABLE = "registry-ingest"  # durable JetStream consumer of RUN_EVENTS_WILDCARD
 
 # verifier-sandbox
@@ -203,7 +210,45 @@ ROLLOUT_LOAD = declare("rpc", rpc("rollout", "load"), "halo.rpc.rollout-load-req
 ROLLOUT_JOB = declare("job", job("rollout", "generate"), "halo.job.envelope.v1", "-",
                       "Large rollout (spec halo.spec.rollout-job.v1): JSONL of completions under the run dir.")
 
-# trainer-mlx, eval, serve: declared as they are built.
+# serve
+SERVE_LOAD = declare("rpc", rpc("serve", "load"), "halo.rpc.serve-load-request.v1", "halo.rpc.serve-model.v1",
+                     "Register a model id (base, adapter, GGUF, MLX, run:<id>) and load it now.")
+SERVE_UNLOAD = declare("rpc", rpc("serve", "unload"), "halo.rpc.serve-unload-request.v1", "halo.rpc.serve-model-list.v1",
+                       "Unload a model (a base with its adapters); optionally forget its id.")
+SERVE_LIST = declare("rpc", rpc("serve", "list"), "halo.rpc.serve-list-request.v1", "halo.rpc.serve-model-list.v1",
+                     "Every servable model id: base, format, backend, loaded, memory.")
+SERVE_INFO = declare("rpc", rpc("serve", "info"), "halo.rpc.serve-info-request.v1", "halo.rpc.serve-info.v1",
+                     "Where serve's OpenAI-compatible HTTP API listens (the gateway proxies /v1 there).")
+SERVE_MODEL_EVENTS = declare("event", f"{PREFIX}.evt.serve.model.<model>.<loaded|unloaded|adapter-loaded>",
+                             "halo.evt.serve-model.v1", "-",
+                             "A model was loaded, unloaded (requested, evicted, shutdown) or an adapter attached.")
+
+# eval
+EVAL_JOB_TYPES = ("lm-eval", "probe", "passk")
+EVAL_LM_EVAL_JOB = declare("job", job("eval", "lm-eval"), "halo.job.envelope.v1", "-",
+                           "lm-evaluation-harness tasks on a model (spec halo.spec.eval.v1); results to run dir + registry.")
+EVAL_PROBE_JOB = declare("job", job("eval", "probe"), "halo.job.envelope.v1", "-",
+                         "Short evaluation diffed against a baseline (spec halo.spec.probe.v1); lists regressed tasks.")
+EVAL_PASSK_JOB = declare("job", job("eval", "passk"), "halo.job.envelope.v1", "-",
+                         "pass@k via rollout + verifier-sandbox (spec halo.spec.passk.v1), stages per sample.")
+EVAL_CHECK = declare("rpc", rpc("eval", "check"), "halo.rpc.eval-check-request.v1", "halo.rpc.eval-check.v1",
+                     "Resolve task names (close matches for unknown ones), the model and a pass@k dataset.")
+EVAL_TASKS = declare("rpc", rpc("eval", "tasks"), "halo.rpc.eval-task-list-request.v1", "halo.rpc.eval-task-list.v1",
+                     "Curated task groups and the built-in offline suite.")
+EVAL_CANCEL = declare("rpc", rpc("eval", "cancel"), "halo.rpc.job-ref.v1", "halo.job.status.v1",
+                      "Request cancellation of a running or queued eval job.")
+
+# trainer-mlx: declared as it is built.
+
+# data
+DATA_JOB_TYPES = ("data-synthesize", "data-dedup", "data-score", "data-filter", "data-decontaminate", "data-recipe")
+for _jt in DATA_JOB_TYPES:
+    declare("job", job("data", _jt), "halo.job.envelope.v1", "-",
+            f"Data pipeline step {_jt.removeprefix('data-')} (spec halo.spec.{_jt}.v1); output registered as a dataset.")
+DATA_INSPECT = declare("rpc", rpc("data", "inspect"), "halo.rpc.data-inspect-request.v1", "halo.rpc.data-inspect.v1",
+                       "Counts, formats, length histogram and samples of a data file.")
+DATA_CANCEL = declare("rpc", rpc("data", "cancel"), "halo.rpc.job-ref.v1", "halo.job.status.v1",
+                      "Request cancellation of a running or queued data job.")
 
 
 def render_messaging_md() -> str:

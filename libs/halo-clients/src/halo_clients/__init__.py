@@ -4,11 +4,13 @@ from :mod:`halo_bus.subjects`; errors arrive as the service raised them, an abse
 :class:`~halo_common.errors.Unavailable`.
 """
 
+from halo_clients.data import DataClient
+from halo_clients.eval import EvalClient
 from halo_clients.jobs import JobRoute, JobsClient, choose_route, register_route, routes_for
 from halo_clients.registry import RegistryClient
 from halo_clients.rollout import RolloutClient
 from halo_clients.trainer_torch import TrainerClient
 from halo_clients.verifier_sandbox import VerifierClient
 
-__all__ = ["JobRoute", "JobsClient", "RegistryClient", "RolloutClient", "TrainerClient", "VerifierClient",
+__all__ = ["DataClient", "EvalClient", "JobRoute", "JobsClient", "RegistryClient", "RolloutClient", "TrainerClient", "VerifierClient",
            "choose_route", "register_route", "routes_for"]

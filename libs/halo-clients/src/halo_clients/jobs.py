@@ -147,3 +147,7 @@ class JobsClient:
 for _method in subjects.TRAINER_TORCH_JOB_TYPES:
     register_route(_method, "trainer-torch", backend="torch")
 register_route("generate", "rollout")
+for _eval_type in subjects.EVAL_JOB_TYPES:
+    register_route(_eval_type, "eval")
+for _data_type in subjects.DATA_JOB_TYPES:
+    register_route(_data_type, "data")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from halo_bus import Bus, subjects
+from halo_schemas.data import DatasetInfo, DatasetList, DatasetListRequest, DatasetRef, DatasetRegisterRequest
 from halo_schemas.registry import (
     EvalGrid,
     EvalGridRequest,
@@ -98,3 +99,16 @@ class RegistryClient:
 
     async def replay(self, run_id: str) -> ReplayInfo:
         return await self.bus.request(subjects.REGISTRY_RUN_REPLAY, RunRef(run_id=run_id), ReplayInfo, self.timeout)
+
+    async def register_dataset(self, req: DatasetRegisterRequest) -> DatasetInfo:
+        """Record a dataset file (the same path and sha256 again returns the existing record)."""
+        return await self.bus.request(subjects.REGISTRY_DATASET_REGISTER, req, DatasetInfo, self.timeout)
+
+    async def dataset(self, dataset_id: str) -> DatasetInfo:
+        """One dataset; ``dataset_id`` may carry the ``dataset:`` prefix."""
+        return await self.bus.request(subjects.REGISTRY_DATASET_GET, DatasetRef(dataset_id=dataset_id), DatasetInfo,
+                                      self.timeout)
+
+    async def datasets(self, req: DatasetListRequest | None = None) -> DatasetList:
+        return await self.bus.request(subjects.REGISTRY_DATASET_LIST, req or DatasetListRequest(), DatasetList,
+                                      self.timeout)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 
 class HaloError(Exception):
-    """Base error. ``code`` is HTTP-like (400, 404, 409, 422, 500, 503).
+    """Base error. ``code`` is HTTP-like (400, 403, 404, 409, 422, 500, 503).
 
     ``param`` names the offending field or argument when there is one, so a user sees exactly
     what to fix. ``type`` is the OpenAI-style error type string.
@@ -50,6 +50,14 @@ class BadRequest(HaloError):
     type = "invalid_request_error"
 
 
+class Forbidden(HaloError):
+    """Refused by the host's policy, not because of how the request is written (e.g. a spec asks to run
+    a model's own code while ``HALO_ALLOW_REMOTE_CODE`` is off). ``param`` names the refused field."""
+
+    code = 403
+    type = "permission_error"
+
+
 class NotFound(HaloError):
     code = 404
     type = "not_found_error"
@@ -80,5 +88,5 @@ class Unavailable(HaloError):
 
 
 _BY_CODE: dict[int, type[HaloError]] = {
-    c.code: c for c in (BadRequest, NotFound, Conflict, Unprocessable, Internal, Unavailable)
+    c.code: c for c in (BadRequest, Forbidden, NotFound, Conflict, Unprocessable, Internal, Unavailable)
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from halo_common.paths import HaloPaths, default_home
@@ -38,6 +38,12 @@ class HaloSettings(BaseSettings):
         description="NATS server URL(s), comma separated.",
         pattern=r"^(nats|tls|ws|wss)://[^\s]+$",
     )
+    # Credentials for NATS (``halo-forge up``, compose and helm generate them). Not in the URL:
+    # a URL gets printed; these never are. halo_bus.NatsBus.connect reads the same variables.
+    nats_user: str | None = Field(default=None, validation_alias="HALO_NATS_USER", min_length=1,
+                                  description="NATS user (with HALO_NATS_PASSWORD).")
+    nats_password: SecretStr | None = Field(default=None, validation_alias="HALO_NATS_PASSWORD",
+                                            description="NATS password (with HALO_NATS_USER).")
     database_url: str | None = Field(
         default=None, validation_alias="HALO_DATABASE_URL",
         description="SQLAlchemy URL; default is SQLite at HALO_HOME/forge.db.",
@@ -48,6 +54,26 @@ class HaloSettings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port for /metrics (0 = pick a free one).")
     metrics_host: str = Field(default="127.0.0.1", description="Bind address for /metrics.")
     drain_timeout_s: float = Field(default=10.0, gt=0, description="Seconds to finish in-flight work on SIGTERM.")
+    # One shared name on purpose: the gateway refuses such specs and every worker refuses them again
+    # (defence in depth), so the operator turns the policy on for the whole host in one place.
+    allow_remote_code: bool = Field(
+        default=False, validation_alias="HALO_ALLOW_REMOTE_CODE",
+        description="Let job specs run code shipped with a model or named by module (trust_remote_code, "
+        "module:function judges). Off by default; never applies to models inside imported bundles.",
+    )
+
+    @field_validator("nats_password")
+    @classmethod
+    def _nats_credentials_pair(cls, password: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if "nats_user" in info.data and (info.data["nats_user"] is None) != (password is None):
+            raise ValueError("HALO_NATS_USER and HALO_NATS_PASSWORD must be set together")
+        return password
+
+    def nats_auth(self) -> dict[str, str]:
+        """``{"user", "password"}`` for :meth:`halo_bus.NatsBus.connect` (empty without credentials)."""
+        if self.nats_user is None or self.nats_password is None:
+            return {}
+        return {"user": self.nats_user, "password": self.nats_password.get_secret_value()}
 
     @property
     def paths(self) -> HaloPaths:
@@ -67,5 +93,8 @@ def load_settings(cls: type[S], **overrides: object) -> S:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "?"
             var = field.upper() if field.upper().startswith("HALO_") else f"{prefix}{field}".upper()
-            problems.append(f"{var}: {err['msg']} (got {err.get('input')!r})")
+            # A secret's value must never reach a log or a terminal, even when it is invalid.
+            secret = any(w in var.lower() for w in ("token", "secret", "password"))
+            got = "<redacted>" if secret else repr(err.get("input"))
+            problems.append(f"{var}: {err['msg']} (got {got})")
         raise ConfigError("invalid setting: " + "; ".join(problems)) from None

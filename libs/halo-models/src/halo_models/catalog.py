@@ -29,7 +29,7 @@ import math
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -49,12 +49,14 @@ __all__ = [
     "TrainingDefaults",
     "UnknownModelError",
     "UnsupportedBackendError",
+    "auto_dtype",
     "catalog_json_schema",
     "catalog_path",
     "estimate_memory_gb",
     "find",
     "load_catalog",
     "recommend",
+    "trainer_defaults",
 ]
 
 Backend = Literal["cuda", "rocm", "mps", "mlx", "cpu"]
@@ -224,6 +226,55 @@ class Recommendation(_Strict):
     gradient_checkpointing: bool = Field(description="Recompute activations in the backward pass to save memory.")
     estimated_memory_gb: float = Field(gt=0, description="Estimated peak memory of these settings, in GiB.")
     notes: list[str] = Field(description="Human-readable caveats: the backend note, gating, any compromise made.")
+
+
+    def spec(self) -> dict[str, Any]:
+        """These settings as training-spec keys (``halo_schemas.training.TrainSpecBase``: ``finetune``,
+        ``lora.rank``/``lora.alpha``, ``learning_rate``, ``max_length``, ``batch_size``, ``grad_accum``,
+        ``gradient_checkpointing``), ready to merge into a ``halo-forge train sft`` spec::
+
+            spec = {"model": rec.model_id, "data": {"train": "chat.jsonl"}, **rec.spec()}
+
+        ``dtype`` is left to the trainer's ``auto`` (see :func:`auto_dtype`), which never needs more memory
+        than this estimate assumes."""
+        return {
+            "finetune": self.method,
+            "lora": {"rank": self.lora_rank, "alpha": self.lora_alpha},
+            "learning_rate": self.learning_rate,
+            "max_length": self.max_seq_len,
+            "batch_size": self.per_device_batch_size,
+            "grad_accum": self.gradient_accumulation_steps,
+            "gradient_checkpointing": self.gradient_checkpointing,
+        }
+
+
+def trainer_defaults(backend: Backend, *, finetune: str = "lora", lora_rank: int = 16) -> dict[str, Any]:
+    """What trainer-torch uses for each key of :meth:`Recommendation.spec` when a spec leaves it out, on
+    ``backend`` (the spec defaults of ``TrainSpecBase`` after the trainer resolves ``None``: learning rate 2e-4
+    for adapters / 2e-5 for full finetuning, alpha 2 x rank, gradient checkpointing on except on CPU).
+
+    ``halo-forge models recommend`` marks a recommended value that equals this as the trainer's default;
+    a test checks these against trainer-torch's own resolution."""
+    return {
+        "finetune": "lora",
+        "lora": {"rank": 16, "alpha": 2 * lora_rank},
+        "learning_rate": 2e-5 if finetune == "full" else 2e-4,
+        "max_length": 1024,
+        "batch_size": 8,
+        "grad_accum": 1,
+        "gradient_checkpointing": backend != "cpu",
+    }
+
+
+def auto_dtype(backend: Backend) -> str:
+    """What the trainer's ``dtype: auto`` resolves to on ``backend``, in words (it depends on the device)."""
+    return {
+        "cuda": "bfloat16 (float16 on GPUs without bf16)",
+        "rocm": "bfloat16 (float16 on GPUs without bf16)",
+        "mps": "bfloat16 (float32 where MPS has no bf16)",
+        "mlx": "the MLX trainer's own dtype",
+        "cpu": "float32 (bfloat16 on CPUs with AMX / AVX512-BF16)",
+    }[backend]
 
 
 class CatalogError(Exception):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -83,17 +84,21 @@ class Service:
         assert self.registration is not None, "endpoint() is for setup()"
         subject = subjects.rpc(self.name, verb)
 
+        # Children bound once: a labels() lookup per request takes a lock and hashes the labels.
+        ok, failed = self.rpc_requests.labels(verb, "ok"), self.rpc_requests.labels(verb, "error")
+        duration = self.rpc_duration.labels(verb)
+
         async def timed(req: Any) -> BaseModel:
             start = time.perf_counter()
-            outcome = "ok"
+            counter = ok
             try:
                 return await handler(req)
             except Exception:
-                outcome = "error"
+                counter = failed
                 raise
             finally:
-                self.rpc_requests.labels(verb, outcome).inc()
-                self.rpc_duration.labels(verb).observe(time.perf_counter() - start)
+                counter.inc()
+                duration.observe(time.perf_counter() - start)
 
         await self.registration.add_endpoint(subject, timed, request_type)
         return subject
@@ -149,14 +154,37 @@ class Service:
         await self.stop()
 
     @classmethod
-    def main(cls) -> None:
-        """Entry point for ``python -m halo_<svc>``."""
+    def main(cls, argv: list[str] | None = None) -> None:
+        """Entry point for ``python -m halo_<svc>``.
+
+        ``--check-settings`` only validates the settings from the environment and prints them as JSON (secrets
+        shown as ``"<set>"``), exit 0 — or one line naming the bad variable, exit 2. ``halo-forge up`` runs it
+        before starting anything, without importing the service's package into the CLI.
+        """
+        argv = sys.argv[1:] if argv is None else argv
         try:
             settings = load_settings(cls.settings_cls)
         except ConfigError as exc:
             print(f"{cls.name}: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-        raise SystemExit(asyncio.run(run_service(cls, settings)))
+        if "--check-settings" in argv:
+            print(json.dumps(redacted(settings)))
+            raise SystemExit(0)
+        try:
+            code = asyncio.run(run_service(cls, settings))
+        except ConfigError as exc:  # found only at run time, e.g. NATS refused HALO_NATS_USER/PASSWORD
+            print(f"{cls.name}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise SystemExit(code)
+
+
+def redacted(settings: HaloSettings) -> dict[str, Any]:
+    """``settings`` as JSON-able values, each secret (token, password, secret) replaced by ``"<set>"``."""
+    out = settings.model_dump(mode="json")
+    for key, value in out.items():
+        if value is not None and any(word in key.lower() for word in ("token", "secret", "password")):
+            out[key] = "<set>"
+    return out
 
 
 async def connect_with_retry(settings: HaloSettings, name: str, give_up_s: float | None = None) -> NatsBus:
@@ -165,7 +193,7 @@ async def connect_with_retry(settings: HaloSettings, name: str, give_up_s: float
     delay = 0.2
     while True:
         try:
-            return await NatsBus.connect(settings.nats_url, name=name)
+            return await NatsBus.connect(settings.nats_url, name=name, **settings.nats_auth())
         except Unavailable as exc:
             if deadline is not None and time.monotonic() > deadline:
                 raise

@@ -116,6 +116,15 @@ class RLSpecBase(TrainSpecBase):
         description="Completions with their rewards written to samples.jsonl per logged step (GRPO) or cycle (RAFT).",
     )
 
+    def code_requests(self) -> list[str]:
+        # A judge named "package.module:function" is imported into the verifying process (llm_judge).
+        out = super().code_requests()
+        for i, ref in enumerate(self.verifiers):
+            judge = ref.params.get("judge")
+            if isinstance(judge, str) and ":" in judge:
+                out.append(f"verifiers[{i}].params.judge")
+        return out
+
     @model_validator(mode="after")
     def _check_rl(self) -> RLSpecBase:
         labels = resolve_labels(self.verifiers)
@@ -314,6 +323,10 @@ class RAFTSpec(RLSpecBase):
     )
     curriculum: CurriculumSpec = Field(default_factory=CurriculumSpec, description="Which prompts each cycle uses.")
     shaping: ShapingSpec = Field(default_factory=ShapingSpec, description="How strict each cycle's selection is.")
+
+    def data_refs(self) -> list[tuple[str, str]]:
+        stats = self.curriculum.historical_stats
+        return super().data_refs() + ([("curriculum.historical_stats", stats)] if stats else [])
 
     @model_validator(mode="after")
     def _check_raft(self) -> RAFTSpec:

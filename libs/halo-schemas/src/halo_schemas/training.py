@@ -23,10 +23,15 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from halo_schemas.base import Message, UserInput, utcnow
+from halo_schemas.eval import TrainingProbeSpec
 from halo_schemas.jobs import JobSpecBase, JobState
 
 FinetuneMode = Literal["full", "lora", "qlora", "dora", "rslora", "pissa"]
-DataFormat = Literal["auto", "text", "prompt_completion", "messages", "preference"]
+DataFormat = Literal["auto", "text", "prompt_completion", "messages", "preference", "alpaca", "sharegpt"]
+
+#: Canonical record fields a ``data.columns`` mapping may point at other field names.
+CANONICAL_COLUMNS = ("text", "prompt", "completion", "messages", "chosen", "rejected", "instruction", "input",
+                     "output", "conversations", "system", "context", "complexity")
 DpoLossType = Literal["sigmoid", "ipo", "hinge", "kto_pair", "rpo", "cdpo"]
 
 
@@ -70,9 +75,39 @@ class DataSpec(UserInput):
     format: DataFormat = Field(
         default="auto",
         description="Record format: text {'text'}, prompt_completion {'prompt','completion'}, messages {'messages'}, "
-        "preference {'chosen','rejected'[,'prompt']}. 'auto' detects it from the first record.",
+        "preference {'chosen','rejected'[,'prompt']}, alpaca {'instruction'[,'input'],'output'} (trained as "
+        "prompt_completion), sharegpt {'conversations': [{'from': human|gpt|system, 'value'}]} (trained as "
+        "messages). 'auto' detects it from the first record (after 'columns' is applied).",
     )
     text_field: str = Field(default="text", min_length=1, description="Column holding plain text in the 'text' format.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Canonical field -> the field your records use, e.g. {'prompt': 'question', 'completion': "
+        "'answer'}; applied to every record before the format is detected. Canonical fields: "
+        + ", ".join(CANONICAL_COLUMNS) + ".",
+    )
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> DataSpec:
+        unknown = sorted(set(self.columns) - set(CANONICAL_COLUMNS))
+        if unknown:
+            raise ValueError(f"columns: unknown canonical field(s) {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(CANONICAL_COLUMNS)}")
+        sources = [v for v in self.columns.values()]
+        if any(not v for v in sources):
+            raise ValueError("columns: a source field name is empty")
+        if len(set(sources)) != len(sources):
+            raise ValueError("columns: two canonical fields map to the same source field")
+        if "text" in self.columns and self.text_field != "text":
+            raise ValueError("set either text_field or columns.text, not both")
+        return self
+
+    def local_files(self) -> list[tuple[str, str]]:
+        """``(param, value)`` of every data location in this spec (Hub ids included; callers tell them apart)."""
+        out = [("data.train", self.train)]
+        if self.eval is not None:
+            out.append(("data.eval", self.eval))
+        return out
     max_samples: int | None = Field(default=None, ge=1, description="Use at most this many training records (for quick runs).")
 
 
@@ -93,6 +128,9 @@ class TrainSpecBase(JobSpecBase):
     """
 
     model: str = Field(min_length=1, description="Base model: a Hugging Face Hub id or a local directory in HF format.")
+    backend: Literal["auto", "torch", "mlx"] = Field(
+        default="auto", description="Trainer that runs the job: torch (trainer-torch: CUDA, ROCm, MPS, CPU), mlx "
+        "(trainer-mlx: Apple silicon, MLX's CPU build elsewhere), or auto: the trainer this host serves.")
     data: DataSpec = Field(description="Training data (and optional evaluation data).")
     finetune: FinetuneMode = Field(
         default="lora",
@@ -135,6 +173,10 @@ class TrainSpecBase(JobSpecBase):
     early_stopping: EarlyStoppingSpec | None = Field(
         default=None, description="Stop early on eval loss (needs eval data or eval_fraction > 0)."
     )
+    probe: TrainingProbeSpec | None = Field(
+        default=None, description="Evaluate the current weights during training (a job on the eval service); "
+        "on_regression=stop ends the run at the last checkpoint that passed."
+    )
     checkpoint_every_steps: int = Field(default=100, ge=1, description="Write a resumable checkpoint every N optimizer steps.")
     keep_checkpoints: int = Field(default=2, ge=1, description="How many of the newest checkpoints to keep.")
     log_every_steps: int = Field(default=1, ge=1, description="Write a metrics.jsonl line every N steps.")
@@ -157,7 +199,24 @@ class TrainSpecBase(JobSpecBase):
         description="User prompts answered (greedy) before and after training; stored in the summary for comparison.",
     )
     sample_max_new_tokens: int = Field(default=32, ge=1, le=4096, description="Tokens generated per sample prompt.")
-    trust_remote_code: bool = Field(default=False, description="Allow model repositories that ship custom code.")
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Run Python code shipped with the model (config auto_map). Refused unless the host sets "
+        "HALO_ALLOW_REMOTE_CODE=1, and always refused for a model or adapter inside an imported bundle.",
+    )
+
+    def code_requests(self) -> list[str]:
+        """Fields of this spec that ask a worker to import or run code (names as in error ``param``).
+        Such a spec only runs where the operator allowed it (``HALO_ALLOW_REMOTE_CODE``)."""
+        return ["trust_remote_code"] if self.trust_remote_code else []
+
+    def model_refs(self) -> list[tuple[str, str]]:
+        """``(param, value)`` of every model this spec loads: Hub ids, local directories or ``tiny://``."""
+        return [("model", self.model)]
+
+    def data_refs(self) -> list[tuple[str, str]]:
+        """``(param, value)`` of every data location this spec reads: files, Hub dataset ids, ``demo://``."""
+        return self.data.local_files()
 
     @model_validator(mode="after")
     def _check_common(self) -> TrainSpecBase:
@@ -207,6 +266,9 @@ class DPOSpec(TrainSpecBase):
         default=None,
         description="Reference model id or path. Default: the base model (adapters: the base with the adapter disabled).",
     )
+
+    def model_refs(self) -> list[tuple[str, str]]:
+        return super().model_refs() + ([("ref_model", self.ref_model)] if self.ref_model else [])
 
     @model_validator(mode="after")
     def _check_dpo(self) -> DPOSpec:

@@ -1,6 +1,9 @@
 """Fixtures: a real nats-server per test session, and the ``bus`` fixture parametrised over the
 in-memory bus and a real NatsBus, so one test body checks one behaviour on both backends.
 
+``nats_server`` accepts anyone (unit tests); ``auth_nats_server`` requires the credentials in its
+``credentials`` attribute, like the stack's server.
+
 A test that needs only one takes ``memory_bus`` or ``nats_bus``.
 """
 
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from halo_bus import Bus, InMemoryBus, NatsBus
-from halo_common.natsproc import NatsProcess
+from halo_common.natsproc import NatsCredentials, NatsProcess
 
 try:  # the tiny-model fixtures, when halo-models is installed
     from halo_models.pytest_plugin import *  # noqa: F401,F403
@@ -25,6 +28,17 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsProces
     """A private nats-server with JetStream on a free port for the whole session."""
     store = tmp_path_factory.mktemp("nats-store")
     proc = NatsProcess.start(store_dir=store, log_file=store / "nats.log")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsProcess]:
+    """A private nats-server that requires a user and password, as ``halo-forge up`` runs it.
+    ``proc.credentials`` holds them; ``proc.client_env()`` is the environment for a service."""
+    store = tmp_path_factory.mktemp("nats-auth-store")
+    proc = NatsProcess.start(store_dir=store / "store", log_file=store / "nats.log",
+                             credentials=NatsCredentials.generate())
     yield proc
     proc.stop()
 

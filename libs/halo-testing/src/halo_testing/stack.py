@@ -4,6 +4,7 @@ with the gateway on a free port and the CLI pointed at it.
 Usage::
 
     stack = ProcessStack(tmp_root, ["halo_gateway", "halo_trainer_torch"], ready={"trainer-torch"})
+    stack = ProcessStack(..., nats_auth=True)   # the nats-server requires a user/password (as `up`)
     r = stack.cli("train", "sft", ...)
     stack.close()
 """
@@ -19,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import httpx
-from halo_common.natsproc import NatsProcess, free_port
+from halo_common.natsproc import NatsCredentials, NatsProcess, free_port
 
 CLI = str(Path(sys.executable).parent / "halo-forge")
 
@@ -29,12 +30,13 @@ class ProcessStack:
     every service in ``ready`` reports a health status in ``healthy`` through the gateway."""
 
     def __init__(self, root: Path, modules: Iterable[str], *, ready: set[str], env: Mapping[str, str] | None = None,
-                 healthy: tuple[str, ...] = ("ok",), timeout_s: float = 120.0) -> None:
+                 healthy: tuple[str, ...] = ("ok",), timeout_s: float = 120.0, nats_auth: bool = False) -> None:
         self.root, self.home = root, root / "home"
-        self.nats = NatsProcess.start(root / "nats", log_file=root / "nats.log")
+        self.nats = NatsProcess.start(root / "nats", log_file=root / "nats.log",
+                                      credentials=NatsCredentials.generate() if nats_auth else None)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, "HALO_HOME": str(self.home), "HALO_NATS_URL": self.nats.url, "HALO_LOG_JSON": "false",
+        self.env = {**os.environ, "HALO_HOME": str(self.home), **self.nats.client_env(), "HALO_LOG_JSON": "false",
                     "HALO_GATEWAY_PORT": str(port), "HALO_GATEWAY_URL": self.url, "OMP_NUM_THREADS": "1",
                     "COLUMNS": "200", **(env or {})}
         self.procs = [self._spawn(m) for m in modules]

@@ -4,28 +4,39 @@ Routes live in ``halo_gateway.routes.<area>`` modules, each exposing ``router``;
 module is included, so an area adds its routes without touching this file. Routes stay thin:
 parse, one bus request (via :func:`get_bus`), map. Errors are mapped once, here, to
 ``{"error": {"message", "type", "param", "code"}}``.
+
+Who may call is decided in :mod:`halo_gateway.core.security` (Host allow-list, bearer tokens, origins, content
+types) before any route runs; CORS is off unless ``HALO_GATEWAY_CORS_ORIGINS`` lists origins. A route that
+takes a raw body (not JSON) declares its media types in ``openapi_extra["requestBody"]["content"]`` —
+or is listed in :data:`halo_gateway.core.openapi.RAW_BODY_ROUTES` — and the middleware accepts exactly those.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
-import secrets
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from halo_bus import Bus
-from halo_common.errors import BadRequest, HaloError
+from halo_common.errors import BadRequest, HaloError, Internal
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from halo_gateway import __version__, routes
+from halo_gateway.core.openapi import install_openapi
+from halo_gateway.core.security import GatewaySecurity, SecurityMiddleware
+from halo_gateway.metrics import HttpMetrics
 from halo_gateway.settings import GatewaySettings
 
 _tracer = trace.get_tracer("halo_gateway")
+log = logging.getLogger("halo_gateway")
 
 
 def get_bus(request: Request) -> Bus:
@@ -47,6 +58,9 @@ def create_app(bus: Bus, settings: GatewaySettings | None = None, registry: Coll
     app.state.bus = bus
     app.state.settings = settings
     app.state.metrics_registry = registry or CollectorRegistry()
+    http_metrics = HttpMetrics(app.state.metrics_registry)
+    app.state.security = security = GatewaySecurity(settings)
+    security.bootstrap()  # exposed with no token anywhere: create one and show it once
 
     @app.exception_handler(HaloError)
     async def on_halo_error(_req: Request, exc: HaloError) -> JSONResponse:
@@ -60,14 +74,14 @@ def create_app(bus: Bus, settings: GatewaySettings | None = None, registry: Coll
         param = ".".join(loc) or None
         return error_response(BadRequest(f"{param}: {msg}" if param else msg, param=param))
 
+    @app.exception_handler(Exception)
+    async def on_unexpected(req: Request, exc: Exception) -> JSONResponse:
+        # A bug still answers in the one error shape (and is logged with its traceback).
+        log.error("unhandled error in %s %s", req.method, req.url.path, exc_info=exc)
+        return error_response(Internal(f"internal error ({exc.__class__.__name__}); see the gateway log"))
+
     @app.middleware("http")
-    async def trace_and_auth(request: Request, call_next):  # noqa: ANN001, ANN202
-        if settings.token and request.url.path.startswith(("/api", "/v1")):
-            auth = request.headers.get("authorization", "")
-            if not secrets.compare_digest(auth, f"Bearer {settings.token}"):
-                err = HaloError("missing or invalid bearer token")
-                err.code, err.type = 401, "authentication_error"  # type: ignore[misc]
-                return error_response(err)
+    async def trace(request: Request, call_next):  # noqa: ANN001, ANN202
         token = otel_context.attach(propagate.extract(dict(request.headers)))
         try:
             route = request.scope.get("route")
@@ -75,8 +89,12 @@ def create_app(bus: Bus, settings: GatewaySettings | None = None, registry: Coll
             with _tracer.start_as_current_span(name, kind=SpanKind.SERVER) as span:
                 span.set_attribute("http.request.method", request.method)
                 span.set_attribute("url.path", request.url.path)
+                start = time.perf_counter()
                 response = await call_next(request)
                 span.set_attribute("http.response.status_code", response.status_code)
+                # The route is known only after routing: label by its template, or "unmatched".
+                template = getattr(request.scope.get("route"), "path", "unmatched")
+                http_metrics.observe(request.method, template, response.status_code, time.perf_counter() - start)
                 return response
         finally:
             otel_context.detach(token)
@@ -85,4 +103,11 @@ def create_app(bus: Bus, settings: GatewaySettings | None = None, registry: Coll
         module = importlib.import_module(f"{routes.__name__}.{mod.name}")
         if hasattr(module, "router"):
             app.include_router(module.router)
+    # Added last = outermost: CORS answers preflights itself, then the security checks, then tracing.
+    app.add_middleware(SecurityMiddleware, security=security, api=app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "traceparent"])
+    install_openapi(app)
     return app

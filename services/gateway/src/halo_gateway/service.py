@@ -35,7 +35,10 @@ class Gateway(Service):
                 self._serve_task.result()  # raises the bind error
             await asyncio.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
-        log.info("gateway listening on http://%s:%d", settings.host, port)
+        security = app.state.security
+        log.info("gateway listening on http://%s:%d (%s; tokens %s)", settings.host, port,
+                 "exposed" if security.exposed else "loopback only",
+                 "required" if security.auth_required() else "not required until one exists")
 
     async def drain(self) -> None:
         self.server.should_exit = True

@@ -1,73 +1,39 @@
-"""Run events from the bus into the database: a durable JetStream consumer, batched writes.
+"""Run events from the bus into the database: a durable consumer, batched writes.
 
-On a :class:`~halo_bus.NatsBus` the worker pulls up to ``ingest_batch`` events, applies them in one
-transaction, then acks them all. A registry that was down resumes from the durable consumer's
-position; an event delivered again (a crash between commit and ack, a replay) is harmless because
-ingest is idempotent. One event that keeps failing is retried alone, then given up after
-``ingest_max_deliver`` deliveries (logged and counted), so it never blocks the stream.
-
-``Bus.subscribe_events`` acks one event per handler call, which would make every event its own
-transaction (~10x slower); batching needs the raw pull consumer, so on NATS the worker uses the
-bus's JetStream context directly. On any other bus (the in-memory one in unit tests) it falls back
-to ``subscribe_events`` with the same durable name and one event per transaction.
+The worker takes up to ``ingest_batch`` events at a time from ``Bus.consume_events_batched``
+(durable ``registry-ingest``), applies them in one transaction, and the bus acks them all; the next
+batch is fetched and decoded while one commits. A registry that was down resumes from the durable
+consumer's position; an event delivered again (a crash between commit and ack, a replay) is
+harmless because ingest is idempotent. If a batch fails, its events are retried one by one; one
+event that keeps failing is redelivered alone, then given up after ``ingest_max_deliver``
+deliveries (logged and counted), so it never blocks the stream. An undecodable event is dropped
+by the bus and counted here.
 
 A database that is away (PostgreSQL restarting, SQLite locked) is waited for: the batch in hand is
-retried with backoff while its lease is extended, and nothing is given up.
+retried with backoff while the bus keeps its lease, and nothing is given up. Stopping while
+waiting hands the batch back for redelivery.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from halo_bus import Bus, EventRecord, NatsBus, Subscription, codec, subjects
+from halo_bus import Bus, EventRecord, Subscription, subjects
 from halo_schemas.events import RunEvent
-from nats.js import api as jsapi
-from nats.js.errors import BadRequestError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import exc as sa_exc
 
 from halo_registry.core.ingest import IngestStats
 from halo_registry.core.store import RegistryStore
+from halo_registry.metrics import IngestMetrics
 from halo_registry.settings import RegistrySettings
 
 log = logging.getLogger("halo_registry.ingest")
 
 #: Database errors that say "not now" rather than "never": retried, never counted against an event.
 TRANSIENT = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
-
-_EVENT_LABEL = {"RunStarted": "started", "RunProgressed": "progressed", "RunCheckpointed": "checkpointed",
-                "RunArtifactAdded": "artifact-added", "RunFinished": "finished"}
-
-
-class IngestMetrics:
-    """Prometheus metrics of the ingest (listed in docs/metrics.md)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.events = Counter("halo_registry_events_ingested_total", "Run events applied to the database",
-                              ["event"], registry=registry)
-        self.points = Counter("halo_registry_metric_points_ingested_total", "Metric points written by ingest",
-                              registry=registry)
-        self.failures = Counter("halo_registry_ingest_failures_total",
-                                "Run events given up after repeated failures or undecodable", registry=registry)
-        self.batch_seconds = Histogram("halo_registry_ingest_batch_seconds", "Time to apply one batch of events",
-                                       registry=registry)
-        self.lag = Gauge("halo_registry_ingest_lag_seconds",
-                         "Age of the newest applied event when it was applied", registry=registry)
-
-    def observe(self, stats: IngestStats, events: Sequence[RunEvent], seconds: float) -> None:
-        for kind, n in stats.by_type.items():
-            self.events.labels(_EVENT_LABEL.get(kind, "other")).inc(n)
-        self.points.inc(stats.points)
-        self.batch_seconds.observe(seconds)
-        if events:
-            newest = max(e.ts.timestamp() for e in events)
-            self.lag.set(max(time.time() - newest, 0.0))
-
 
 class IngestWorker(Subscription):
     """Start with :meth:`start` (returns itself, a Subscription the service tracks); :meth:`stop`
@@ -78,38 +44,24 @@ class IngestWorker(Subscription):
         self.durable = subjects.REGISTRY_INGEST_DURABLE
         self.totals = IngestStats()
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._fallback: Subscription | None = None
-        self._psub: Any = None
+        self._sub: Subscription | None = None
 
     async def start(self) -> IngestWorker:
-        if isinstance(self.bus, NatsBus):
-            self._psub = await self._subscribe(self.bus)
-            self._task = asyncio.create_task(self._pump(), name="registry-ingest")
-        else:
-            self._fallback = await self.bus.subscribe_events(subjects.RUN_EVENTS_WILDCARD, self._on_record,
-                                                             durable=self.durable)
+        s = self.settings
+        self._sub = await self.bus.consume_events_batched(
+            subjects.RUN_EVENTS_WILDCARD, self.durable, self._on_batch, message_type=RunEvent,
+            batch_size=s.ingest_batch, max_wait_s=s.ingest_wait_s, ack_wait_s=s.ingest_ack_wait_s,
+            drain_timeout_s=s.drain_timeout_s, on_undecodable=self._on_undecodable,
+        )
         return self
 
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self.settings.drain_timeout_s)
-            except TimeoutError:
-                self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self._psub is not None:
-            with contextlib.suppress(Exception):
-                await self._psub.unsubscribe()  # the durable consumer itself stays, keeping our position
-        if self._fallback is not None:
-            await self._fallback.stop()
+        self._stopping.set()  # a batch waiting for the database gives up and is handed back
+        if self._sub is not None:
+            await self._sub.stop()  # the durable consumer itself stays, keeping our position
 
-    # ---- in-memory / generic bus: one event per transaction ---------------------------------
-    async def _on_record(self, record: EventRecord[Any]) -> None:
-        if isinstance(record.message, RunEvent):
-            await self._apply([record.message])
+    def _on_undecodable(self, _subject: str, _error: Exception) -> None:
+        self.metrics.failures.inc()  # the bus logged and dropped it
 
     async def _apply(self, events: Sequence[RunEvent]) -> IngestStats:
         started = time.perf_counter()
@@ -118,118 +70,39 @@ class IngestWorker(Subscription):
         self.totals.add(stats)
         return stats
 
-    # ---- NATS: batched pull consumer ---------------------------------------------------------
-    async def _subscribe(self, bus: NatsBus) -> Any:
-        s = self.settings
-        config = jsapi.ConsumerConfig(
-            durable_name=self.durable,
-            ack_policy=jsapi.AckPolicy.EXPLICIT,
-            ack_wait=s.ingest_ack_wait_s,
-            deliver_policy=jsapi.DeliverPolicy.ALL,
-            filter_subject=subjects.RUN_EVENTS_WILDCARD,
-            max_ack_pending=max(4 * s.ingest_batch, 1000),
-        )
-        try:
-            return await bus.js.pull_subscribe(subjects.RUN_EVENTS_WILDCARD, durable=self.durable,
-                                               stream=subjects.STREAM_EVENTS, config=config)
-        except BadRequestError:
-            # The durable exists with other settings (a changed batch size or ack wait): update it.
-            await bus.js.add_consumer(subjects.STREAM_EVENTS, config)
-            return await bus.js.pull_subscribe(subjects.RUN_EVENTS_WILDCARD, durable=self.durable,
-                                               stream=subjects.STREAM_EVENTS)
-
-    async def _fetch(self) -> list[Any]:
-        try:
-            return await self._psub.fetch(self.settings.ingest_batch, timeout=self.settings.ingest_wait_s)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # timeout (nothing new), or disconnected: try again
-            if not self.bus.connected:
-                await asyncio.sleep(0.5)
-            return []
-
-    async def _pump(self) -> None:
-        # Pipelined: while one batch commits in a worker thread, the next is fetched and decoded.
-        # Commits stay strictly in order (one in flight), so a run's events apply in stream order.
-        committing: asyncio.Task[None] | None = None
-        try:
-            while not self._stopping.is_set():
-                msgs = await self._fetch()
-                good = await self._decode(msgs) if msgs else []
-                if committing is not None:
-                    await committing
-                    committing = None
-                if good:
-                    committing = asyncio.create_task(self._commit(good))
-        finally:
-            if committing is not None:
-                await committing
-
-    async def _decode(self, msgs: Sequence[Any]) -> list[tuple[Any, RunEvent]]:
-        good: list[tuple[Any, RunEvent]] = []
-        for m in msgs:
-            try:
-                ev = codec.decode(m.data, dict(m.headers or {}), RunEvent)
-            except Exception as exc:
-                log.warning("dropping undecodable event on %s: %s", m.subject, exc)
-                self.metrics.failures.inc()
-                with contextlib.suppress(Exception):
-                    await m.term()
-                continue
-            good.append((m, ev))
-        return good
-
-    async def _commit(self, good: list[tuple[Any, RunEvent]]) -> None:
-        events = [ev for _, ev in good]
+    async def _on_batch(self, records: list[EventRecord[RunEvent]]) -> list[EventRecord[RunEvent]]:
+        """Apply a batch in one transaction; returns the records to redeliver (acked: the rest)."""
+        events = [r.message for r in records]
         delay = 0.2
         while True:
             try:
                 await self._apply(events)
-                break
+                return []
             except TRANSIENT as exc:
-                # The database is away (or locked): keep the batch leased and retry; giving events
-                # up, or letting them count deliveries towards max_deliver, would lose data.
+                # The database is away (or locked): keep the batch (the bus extends its lease) and
+                # retry; giving events up, or letting them count deliveries, would lose data.
                 if self._stopping.is_set():
-                    await self._nak([m for m, _ in good])
-                    return
-                log.warning("database unavailable (%s); retrying %d events in %.1fs", exc.orig, len(good), delay)
-                for m, _ in good:
-                    with contextlib.suppress(Exception):
-                        await m.in_progress()
+                    raise  # the bus hands the batch back for redelivery
+                log.warning("database unavailable (%s); retrying %d events in %.1fs", exc.orig, len(records), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             except Exception:
-                log.exception("applying a batch of %d events failed; retrying them one by one", len(good))
-                await self._one_by_one(good)
-                return
-        await self._ack([m for m, _ in good])
+                log.exception("applying a batch of %d events failed; retrying them one by one", len(records))
+                return await self._one_by_one(records)
 
-    async def _one_by_one(self, good: list[tuple[Any, RunEvent]]) -> None:
-        for m, ev in good:
+    async def _one_by_one(self, records: list[EventRecord[RunEvent]]) -> list[EventRecord[RunEvent]]:
+        retry: list[EventRecord[RunEvent]] = []
+        for r in records:
             try:
-                await self._apply([ev])
+                await self._apply([r.message])
             except TRANSIENT:
-                await self._nak([m])
-                continue
+                retry.append(r)
             except Exception as exc:
-                if m.metadata.num_delivered >= self.settings.ingest_max_deliver:
-                    log.error("giving up event %s seq %s of %s after %d deliveries: %s", m.subject, ev.seq, ev.run_id,
-                              m.metadata.num_delivered, exc)
-                    self.metrics.failures.inc()
-                    with contextlib.suppress(Exception):
-                        await m.term()
+                if r.num_delivered >= self.settings.ingest_max_deliver:
+                    ev = r.message
+                    log.error("giving up event %s seq %s of %s after %d deliveries: %s", r.subject, ev.seq, ev.run_id,
+                              r.num_delivered, exc)
+                    self.metrics.failures.inc()  # acked with the batch: never delivered again
                 else:
-                    await self._nak([m])
-                continue
-            await self._ack([m])
-
-    async def _nak(self, msgs: Sequence[Any]) -> None:
-        for m in msgs:
-            with contextlib.suppress(Exception):
-                await m.nak(delay=1.0)
-
-    async def _ack(self, msgs: Sequence[Any]) -> None:
-        """Ack after commit. A crash before the acks reach the server only causes redelivery."""
-        for m in msgs:
-            with contextlib.suppress(Exception):
-                await m.ack()
+                    retry.append(r)
+        return retry

@@ -15,31 +15,15 @@ import time
 from halo_common.errors import Unavailable
 from halo_runtime import Service
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import exc as sa_exc
 
 from halo_registry import __version__, handlers
 from halo_registry.core.store import CostConfig, RegistryStore
-from halo_registry.ingest import IngestMetrics, IngestWorker
+from halo_registry.ingest import IngestWorker
+from halo_registry.metrics import IngestMetrics, RunsGauge
 from halo_registry.settings import RegistrySettings
 
 log = logging.getLogger("halo_registry")
-
-
-class _RunsGauge:
-    """``halo_registry_runs{status}``, counted from the database on each scrape."""
-
-    def __init__(self, store: RegistryStore) -> None:
-        self.store = store
-
-    def collect(self):  # noqa: ANN201 - prometheus collector protocol
-        g = GaugeMetricFamily("halo_registry_runs", "Runs in the registry by status", labels=["status"])
-        try:
-            for status, n in sorted(self.store.count_by_status().items()):
-                g.add_metric([status], n)
-        except Exception:  # an unreachable database: absent, never 0
-            pass
-        yield g
 
 
 class Registry(Service):
@@ -56,7 +40,7 @@ class Registry(Service):
         costs = CostConfig(price_per_kwh=s.price_per_kwh, currency=s.currency, nominal_watts=s.nominal_watts)
         self.store = await self._open_store(s, costs)
         metrics_registry = self.telemetry.registry if self.telemetry else CollectorRegistry()
-        metrics_registry.register(_RunsGauge(self.store))
+        metrics_registry.register(RunsGauge(self.store))
         for verb, handler, request_type in handlers.endpoints(self.store):
             await self.endpoint(verb, handler, request_type)
         self.ingest = await IngestWorker(self.store, self.bus, s, IngestMetrics(metrics_registry)).start()

@@ -22,12 +22,12 @@ from halo_bus import Bus
 from halo_runtime import Service
 from halo_schemas.verifiers import InventoryRequest, VerifyBatchRequest, VerifyRequest
 from halo_telemetry import Telemetry
+from halo_verifiers.cache import ResultCache
+from halo_verifiers.engine import VerifierEngine
+from halo_verifiers.registry import REGISTRY
 from prometheus_client import CollectorRegistry
 
 from halo_verifier_sandbox import __version__, handlers
-from halo_verifier_sandbox.core.cache import ResultCache
-from halo_verifier_sandbox.core.engine import VerifierEngine
-from halo_verifier_sandbox.core.registry import REGISTRY
 from halo_verifier_sandbox.metrics import VerifierMetrics
 from halo_verifier_sandbox.settings import VerifierSandboxSettings
 
@@ -96,6 +96,6 @@ class VerifierSandbox(Service):
 
 
 def _hidden_paths(s: VerifierSandboxSettings) -> list[str]:
-    from halo_verifier_sandbox.core.sandbox import DEFAULT_HIDE
+    from halo_verifiers.sandbox import DEFAULT_HIDE
 
     return [*DEFAULT_HIDE, str(s.paths.home)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from halo_bus import Bus, subjects
 from halo_common.errors import NotFound
 from halo_schemas.health import HealthRequest, ServiceHealth, ServiceInfo
@@ -43,8 +43,9 @@ async def health(bus: Bus = Depends(get_bus)) -> GatewayHealth:
     return GatewayHealth(status="ok" if ok else "degraded", version=__version__, nats="connected" if ok else "disconnected")
 
 
-@router.get("/metrics", tags=["core"])
+@router.get("/metrics", tags=["core"], response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
+    """The gateway's Prometheus metrics (text exposition format)."""
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
 

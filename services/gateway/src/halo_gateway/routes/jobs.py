@@ -15,32 +15,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from halo_bus import Bus, subjects
 from halo_bus.api import EventRecord
-from halo_common.errors import BadRequest, NotFound, Unavailable
-from halo_common.ids import new_id
-from halo_schemas.base import describe_validation_error, utcnow
+from halo_clients import JobsClient, RegistryClient, TrainerClient
+from halo_common.errors import BadRequest, HaloError, NotFound
+from halo_common.ids import validate_id
+from halo_schemas.base import describe_validation_error
 from halo_schemas.events import RunFinished
-from halo_schemas.jobs import JobEnvelope, JobRef, JobState, JobStatus, JobSubmitted
-from halo_schemas.training import TRAINING_JOB_SPECS, PreviewRequest, PreviewResult, TrainSpecBase
+from halo_schemas.jobs import JobState, JobStatus, JobSubmitted
+from halo_schemas.training import TRAINING_JOB_SPECS, PreviewResult, TrainSpecBase
 from pydantic import BaseModel, Field, ValidationError
 
 from halo_gateway.app import get_bus
+from halo_gateway.core.jobpolicy import check_job
 
 router = APIRouter()
 
-SERVICE = "trainer-torch"
-_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class EventStream(StreamingResponse):
+    """Declares ``text/event-stream`` as the route's response type in the OpenAPI document."""
+
+    media_type = "text/event-stream"
 
 
 class JobList(BaseModel):
     jobs: list[JobStatus] = Field(description="Jobs, newest first.")
+
+
+#: The ``{method}`` path parameter, documented with its known values (an unknown one is a 404 naming them).
+METHOD = PathParam(description="Training method.", json_schema_extra={"enum": sorted(TRAINING_JOB_SPECS)})
 
 
 def _spec(method: str, body: dict[str, Any]) -> TrainSpecBase:
@@ -56,43 +66,32 @@ def _spec(method: str, body: dict[str, Any]) -> TrainSpecBase:
 
 
 def _check_id(value: str, name: str) -> str:
-    if not _ID.match(value):
-        raise BadRequest(f"invalid {name} {value!r}", param=name)
-    return value
+    return validate_id(value, name)  # the one id rule (ids become KV keys and subject tokens)
 
 
 @router.post("/api/v1/jobs/{method}", response_model=JobSubmitted, tags=["jobs"])
-async def submit_job(method: str, body: dict[str, Any] = Body(...), bus: Bus = Depends(get_bus)) -> JobSubmitted:
-    """Validate the spec (400 naming the field), record the job as queued, enqueue it for trainer-torch."""
+async def submit_job(request: Request, method: str = METHOD, body: dict[str, Any] = Body(...),
+                     bus: Bus = Depends(get_bus)) -> JobSubmitted:
+    """Validate the spec (400 naming the field), apply the host's policy (403: code execution, paths outside the
+    data roots) and a preflight (404 ``model not found``, 422 unreadable data), record the job as queued and
+    enqueue it for the trainer that serves the spec's ``backend`` (the routing table of
+    :mod:`halo_clients.jobs`)."""
     spec = _spec(method, body)
-    job_id, run_id = new_id("job"), new_id("run")
-    envelope = JobEnvelope(job_id=job_id, run_id=run_id, job_type=method, spec_schema=type(spec).schema_id,
-                           spec=spec.model_dump(mode="json"))
-    # The status goes in first: a fast worker may pick the job up before submit_job returns.
-    await bus.kv_put(subjects.KV_JOB_STATE, job_id, JobStatus(
-        job_id=job_id, run_id=run_id, job_type=method, service=SERVICE, state=JobState.QUEUED,
-        total_steps=spec.max_steps))
-    try:
-        await bus.submit_job(subjects.job(SERVICE, method), envelope, msg_id=job_id)
-    except Exception as exc:
-        with contextlib.suppress(Exception):  # do not leave a "queued" job that was never enqueued
-            await bus.kv_put(subjects.KV_JOB_STATE, job_id, JobStatus(
-                job_id=job_id, run_id=run_id, job_type=method, service=SERVICE, state=JobState.FAILED,
-                error=f"could not enqueue: {exc}"))
-        raise
-    return JobSubmitted(job_id=job_id, run_id=run_id, state=JobState.QUEUED)
+    check_job(spec, request.app.state.settings, preflight=True)
+    jobs = JobsClient(bus, timeout=request.app.state.settings.rpc_timeout_s)
+    return await jobs.submit(await jobs.route(method, spec.backend), spec, total_steps=spec.max_steps)
 
 
 @router.post("/api/v1/jobs/{method}/preview", response_model=PreviewResult, tags=["jobs"])
-async def preview_job(method: str, request: Request, body: dict[str, Any] = Body(...),
+async def preview_job(request: Request, method: str = METHOD, body: dict[str, Any] = Body(...),
                       samples: int = Query(1, ge=1, le=20, description="Records to render."),
                       bus: Bus = Depends(get_bus)) -> PreviewResult:
     """Dry run on a trainer: data validation, resolved settings and rendered samples (trained vs masked)."""
     spec = _spec(method, body)
+    check_job(spec, request.app.state.settings, preflight=False)  # the trainer's dry run reports data problems
+    route = await JobsClient(bus).route(method, spec.backend)
     timeout = max(request.app.state.settings.rpc_timeout_s, 120.0)  # may build a tokenizer / read a big file
-    return await bus.request(subjects.TRAINER_TORCH_PREVIEW,
-                             PreviewRequest(method=method, spec=spec.model_dump(mode="json"), num_samples=samples),
-                             PreviewResult, timeout=timeout)
+    return await TrainerClient(bus, service=route.service, timeout=timeout).preview(method, spec, samples)
 
 
 @router.get("/api/v1/jobs", response_model=JobList, tags=["jobs"])
@@ -100,39 +99,19 @@ async def list_jobs(state: JobState | None = Query(None, description="Only jobs 
                     job_type: str | None = Query(None, description="Only this job type (sft, dpo, ...)."),
                     limit: int = Query(50, ge=1, le=1000, description="At most this many jobs."),
                     bus: Bus = Depends(get_bus)) -> JobList:
-    keys = await bus.kv_keys(subjects.KV_JOB_STATE)
-    found = await asyncio.gather(*(bus.kv_get(subjects.KV_JOB_STATE, k, JobStatus) for k in keys))
-    jobs = [j for j in found if j is not None and (state is None or j.state == state)
-            and (job_type is None or j.job_type == job_type)]
-    jobs.sort(key=lambda j: (j.created_at, j.job_id), reverse=True)
-    return JobList(jobs=jobs[:limit])
+    return JobList(jobs=await JobsClient(bus).list(state=state, job_type=job_type, limit=limit))
 
 
 @router.get("/api/v1/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
 async def get_job(job_id: str, bus: Bus = Depends(get_bus)) -> JobStatus:
-    status = await bus.kv_get(subjects.KV_JOB_STATE, _check_id(job_id, "job_id"), JobStatus)
-    if status is None:
-        raise NotFound(f"no job {job_id!r}", param="job_id")
-    return status
+    return await JobsClient(bus).status(_check_id(job_id, "job_id"))
 
 
 @router.post("/api/v1/jobs/{job_id}/cancel", response_model=JobStatus, tags=["jobs"])
 async def cancel_job(job_id: str, request: Request, bus: Bus = Depends(get_bus)) -> JobStatus:
     """Ask the job to stop: a running job stops after its current step; a queued one never starts."""
-    status = await get_job(job_id, bus)
-    if status.state.terminal:
-        return status
-    try:
-        if status.service not in subjects.SERVICES:
-            raise Unavailable(f"unknown service {status.service!r}")
-        subject = subjects.TRAINER_TORCH_CANCEL if status.service == SERVICE else subjects.rpc(status.service, "cancel")
-        return await bus.request(subject, JobRef(job_id=job_id), JobStatus,
-                                 timeout=request.app.state.settings.rpc_timeout_s)
-    except Unavailable:
-        # No trainer is up: record the request; the trainer that picks the job up cancels it.
-        status = status.model_copy(update={"cancel_requested": True, "updated_at": utcnow()})
-        await bus.kv_put(subjects.KV_JOB_STATE, job_id, status)
-        return status
+    jobs = JobsClient(bus, timeout=request.app.state.settings.rpc_timeout_s)
+    return await jobs.cancel(_check_id(job_id, "job_id"))
 
 
 def _event_line(record: EventRecord[Any]) -> str:
@@ -142,7 +121,18 @@ def _event_line(record: EventRecord[Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-@router.get("/api/v1/runs/{run_id}/events", tags=["jobs"])
+async def _run_known(bus: Bus, run_id: str, timeout: float) -> bool:
+    """True when the run has a job record (queued or later) or a registry record."""
+    if any(job.run_id == run_id for job in await JobsClient(bus).list(limit=1_000_000)):
+        return True
+    try:
+        await RegistryClient(bus, timeout=timeout).get(run_id)
+        return True
+    except HaloError:  # not found, or no registry running: the other answers decide
+        return False
+
+
+@router.get("/api/v1/runs/{run_id}/events", tags=["jobs"], response_class=EventStream)
 async def run_events(run_id: str, request: Request,
                      follow: bool = Query(True, description="Keep streaming live events until the run finishes."),
                      bus: Bus = Depends(get_bus)) -> StreamingResponse:
@@ -150,9 +140,13 @@ async def run_events(run_id: str, request: Request,
     RunFinished. A comment line is sent every 15 s of silence to keep proxies from closing the stream."""
     _check_id(run_id, "run_id")
     filter_subject = subjects.run_events_filter(run_id)
+    history = await bus.replay(filter_subject)
+    # An unknown run is a 404 now, not an empty stream that waits forever.
+    if not history and not await _run_known(bus, run_id, request.app.state.settings.rpc_timeout_s):
+        raise NotFound(f"no run {run_id!r}: no events, no job and no registry record", param="run_id")
 
     async def history_only() -> AsyncIterator[str]:
-        for record in await bus.replay(filter_subject):
+        for record in history:
             yield _event_line(record)
 
     async def live() -> AsyncIterator[str]:
@@ -183,5 +177,5 @@ async def run_events(run_id: str, request: Request,
             with contextlib.suppress(Exception):
                 await sub.stop()
 
-    return StreamingResponse(live() if follow else history_only(), media_type="text/event-stream",
+    return EventStream(live() if follow else history_only(),
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

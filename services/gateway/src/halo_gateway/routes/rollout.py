@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from halo_bus import Bus, subjects
 from halo_common.errors import BadRequest, NotFound
-from halo_common.ids import new_id
+from halo_common.ids import new_id, validate_id
 from halo_schemas.base import describe_validation_error
 from halo_schemas.jobs import JobEnvelope, JobState, JobStatus, JobSubmitted
 from halo_schemas.rollout import RolloutJobSpec, RolloutLoaded, RolloutLoadRequest, RolloutRequest, RolloutResult
@@ -69,8 +69,8 @@ async def submit_job(spec: RolloutJobSpec, bus: Bus = Depends(get_bus)) -> JobSu
 
 @router.get("/api/v1/rollout/jobs/{job_id}", response_model=JobStatus)
 async def job_status(job_id: str, bus: Bus = Depends(get_bus)) -> Any:
-    """Current state of a rollout job."""
-    status = await bus.kv_get(subjects.KV_JOB_STATE, job_id, JobStatus)
+    """Current state of a rollout job (a malformed id is a 400 naming ``job_id``)."""
+    status = await bus.kv_get(subjects.KV_JOB_STATE, validate_id(job_id, "job_id"), JobStatus)
     if status is None or status.service != "rollout":
         raise NotFound(f"no rollout job {job_id!r}", param="job_id")
     return status

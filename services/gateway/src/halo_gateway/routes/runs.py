@@ -1,6 +1,7 @@
 """``/api/v1/runs…``: the registry over REST. Each route validates its input with the registry's
 wire model (an unknown query parameter or body field is a 400 naming it), makes one bus request,
-and returns the reply. Bundles travel over HTTP; the registry reads and writes them under the
+and returns the reply. A ``{run_id}`` in the path is checked first with the shared id rule
+(``halo_common.ids.validate_id``: a 400 naming ``run_id``). Bundles travel over HTTP; the registry reads and writes them under the
 shared HALO_HOME (``incoming/`` for uploads, ``bundles/`` for downloads).
 
     GET    /api/v1/runs?status=succeeded&method=sft,dpo&tag=x&sort=-created_at&limit=20&facets=true
@@ -31,6 +32,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import FileResponse
 from halo_bus import Bus, subjects
 from halo_common.errors import BadRequest, Unavailable
+from halo_common.ids import validate_id
 from halo_schemas.base import describe_validation_error
 from halo_schemas.registry import (
     EvalGrid,
@@ -155,32 +157,32 @@ async def import_run(request: Request, replace: bool = False, bus: Bus = Depends
 
 @router.get("/{run_id}", response_model=RunDetail)
 async def get_run(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> RunDetail:
-    ref = validate(RunRef, {"run_id": run_id}, "run")
+    ref = validate(RunRef, {"run_id": validate_id(run_id, "run_id")}, "run")
     return await call(request, bus, subjects.REGISTRY_RUN_GET, ref, RunDetail)
 
 
 @router.get("/{run_id}/metrics", response_model=RunMetrics)
 async def run_metrics(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> RunMetrics:
-    req = from_query(request, RunMetricsRequest, run_id=run_id)
+    req = from_query(request, RunMetricsRequest, run_id=validate_id(run_id, "run_id"))
     return await call(request, bus, subjects.REGISTRY_RUN_METRICS, req, RunMetrics)
 
 
 @router.get("/{run_id}/cost", response_model=RunCost)
 async def run_cost(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> RunCost:
-    req = from_query(request, RunCostRequest, run_id=run_id)
+    req = from_query(request, RunCostRequest, run_id=validate_id(run_id, "run_id"))
     return await call(request, bus, subjects.REGISTRY_RUN_COST, req, RunCost)
 
 
 @router.get("/{run_id}/replay", response_model=ReplayInfo)
 async def run_replay(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> ReplayInfo:
-    ref = validate(RunRef, {"run_id": run_id}, "run")
+    ref = validate(RunRef, {"run_id": validate_id(run_id, "run_id")}, "run")
     return await call(request, bus, subjects.REGISTRY_RUN_REPLAY, ref, ReplayInfo)
 
 
 @router.get("/{run_id}/bundle")
 async def download_bundle(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> FileResponse:
     """The run's bundle archive; the registry writes it, this route streams and then removes it."""
-    req = from_query(request, RunBundleRequest, run_id=run_id)
+    req = from_query(request, RunBundleRequest, run_id=validate_id(run_id, "run_id"))
     bundle = await call(request, bus, subjects.REGISTRY_RUN_BUNDLE, req, RunBundle, long=True)
     path = Path(bundle.path)
     if not await anyio.Path(path).is_file():
@@ -198,25 +200,25 @@ async def download_bundle(run_id: str, request: Request, bus: Bus = Depends(get_
 @router.post("/{run_id}/tags", response_model=RunSummary)
 async def tag_run(run_id: str, request: Request, body: dict[str, Any] = Body(default_factory=dict),
                   bus: Bus = Depends(get_bus)) -> RunSummary:
-    req = validate(RunTagRequest, {**body, "run_id": run_id}, "tags")
+    req = validate(RunTagRequest, {**body, "run_id": validate_id(run_id, "run_id")}, "tags")
     return await call(request, bus, subjects.REGISTRY_RUN_TAG, req, RunSummary)
 
 
 @router.post("/{run_id}/notes", response_model=RunSummary)
 async def note_run(run_id: str, request: Request, body: dict[str, Any] = Body(default_factory=dict),
                    bus: Bus = Depends(get_bus)) -> RunSummary:
-    req = validate(RunNoteRequest, {**body, "run_id": run_id}, "notes")
+    req = validate(RunNoteRequest, {**body, "run_id": validate_id(run_id, "run_id")}, "notes")
     return await call(request, bus, subjects.REGISTRY_RUN_NOTE, req, RunSummary)
 
 
 @router.post("/{run_id}/evals", response_model=EvalRecorded)
 async def record_evals(run_id: str, request: Request, body: dict[str, Any] = Body(default_factory=dict),
                        bus: Bus = Depends(get_bus)) -> EvalRecorded:
-    req = validate(EvalRecordRequest, {**body, "run_id": run_id}, "evals")
+    req = validate(EvalRecordRequest, {**body, "run_id": validate_id(run_id, "run_id")}, "evals")
     return await call(request, bus, subjects.REGISTRY_EVAL_RECORD, req, EvalRecorded)
 
 
 @router.delete("/{run_id}", response_model=RunDeleted)
 async def delete_run(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> RunDeleted:
-    req = from_query(request, RunDeleteRequest, run_id=run_id)
+    req = from_query(request, RunDeleteRequest, run_id=validate_id(run_id, "run_id"))
     return await call(request, bus, subjects.REGISTRY_RUN_DELETE, req, RunDeleted)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from halo_common.ids import is_valid_id
 from halo_schemas.events import (
     RunArtifactAdded,
     RunCheckpointed,
@@ -42,7 +43,8 @@ from halo_registry.core.db import (
 
 #: A progressed event's metric with this name is also a power sample for the measured cost.
 POWER_METRIC = "power_watts"
-#: Column widths ingest respects (an event with a longer run id is ignored, a longer metric name skipped).
+#: Column widths ingest respects (an event whose run id is not a valid id — halo_common.ids — is
+#: ignored, a longer metric name skipped).
 MAX_RUN_ID = 128
 MAX_METRIC_NAME = 128
 
@@ -86,7 +88,7 @@ def lineage_from_spec(run_id: str, spec: dict[str, Any], ts: datetime) -> dict[s
     """A lineage row when the spec names a parent: ``parent_run_id`` (+ ``fork_step``,
     ``fork_cycle``, ``lineage_relation``)."""
     parent = spec.get("parent_run_id")
-    if not isinstance(parent, str) or not parent or parent == run_id or len(parent) > MAX_RUN_ID:
+    if not is_valid_id(parent) or parent == run_id:
         return None
 
     def as_int(v: Any) -> int | None:
@@ -163,7 +165,9 @@ def apply_events(db: Database, events: Sequence[RunEvent]) -> IngestStats:
     run_ids = sorted({e.run_id for e in events})
     with db.write() as conn:
         tomb = set(conn.scalars(select(deleted_runs.c.run_id).where(deleted_runs.c.run_id.in_(run_ids))))
-        live = [e for e in events if e.run_id not in tomb and 0 < len(e.run_id) <= MAX_RUN_ID]
+        # A run id outside the shared id pattern could never be shown, deleted or given a run
+        # directory: such events are ignored, like those of deleted runs.
+        live = [e for e in events if e.run_id not in tomb and is_valid_id(e.run_id)]
         stats.ignored = len(events) - len(live)
         if not live:
             return stats

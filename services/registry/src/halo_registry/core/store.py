@@ -80,10 +80,8 @@ class RegistryStore:
         self.db.dispose()
 
     def run_dir(self, run_id: str) -> Path:
-        try:
-            return self.paths.run_dir(run_id)
-        except ValueError as exc:
-            raise BadRequest(str(exc), param="run_id") from None
+        """``HALO_HOME/runs/<run_id>``; a 400 naming ``run_id`` unless it is a valid id (halo_common.ids)."""
+        return self.paths.run_dir(run_id)
 
     # ---- ingest ------------------------------------------------------------------------------
     def apply_events(self, events: Sequence[RunEvent]) -> IngestStats:
@@ -177,8 +175,7 @@ class RegistryStore:
                                        include_adapter=req.include_adapter, created_by=bundles.created_by(self.version))
 
     def import_bundle(self, req: RunImportRequest) -> RunImported:
-        run_id, files = bundles.import_bundle(self.db, Path(req.path).expanduser(), self.paths.home, self.run_dir,
-                                              replace=req.replace)
+        run_id, files = bundles.import_bundle(self.db, Path(req.path).expanduser(), self.paths, replace=req.replace)
         return RunImported(run_id=run_id, run=self.summary(run_id), files=files)
 
     def replay(self, run_id: str) -> ReplayInfo:

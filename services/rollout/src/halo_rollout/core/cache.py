@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from halo_rollout.core.backends.base import RolloutBackend, dir_fingerprint
+from halo_sampling.backends.base import RolloutBackend, dir_fingerprint
 
 Key = tuple[str, str, str | None]
 

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from halo_common.errors import BadRequest, NotFound
+from halo_sampling.backends.base import RolloutBackend, derive_seed
 from halo_schemas.base import describe_validation_error
 from halo_schemas.rollout import RolloutJobSpec, SampleParams, SampleRequest
 from pydantic import ValidationError
-
-from halo_rollout.core.backends.base import RolloutBackend, derive_seed
 
 
 @dataclass

@@ -25,16 +25,22 @@ import platform
 import sys
 import time
 import warnings
-from datetime import UTC, datetime
-from importlib import metadata
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from halo_common.errors import BadRequest, HaloError
-from halo_schemas.base import describe_validation_error
+from halo_common.errors import HaloError
 from halo_schemas.jobs import JobState
-from halo_schemas.training import TRAINING_JOB_SPECS, TrainingSummary, TrainSpecBase
-from pydantic import ValidationError
+from halo_schemas.training import TrainingSummary, TrainSpecBase
+from halo_training.runs import (  # noqa: F401  (Preempted and validate_spec are imported from here too)
+    Preempted,
+    attempt_info,
+    record_attempt,
+    validate_spec,
+)
+from halo_training.runs import package_versions as _package_versions
+from halo_training.runs import summarize as _summarize
 
 from halo_trainer_torch.core.components.data import TrainingData, load_training_data
 from halo_trainer_torch.core.components.hooks import JobControl, Reporter
@@ -46,10 +52,6 @@ log = logging.getLogger("halo_trainer_torch")
 
 SERVICE = "trainer-torch"
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "halo-trainer-torch", "halo-models")
-
-
-class Preempted(Exception):
-    """The job stopped for a service shutdown after writing a checkpoint; redeliver it to resume."""
 
 
 def quiet_libraries() -> None:
@@ -68,21 +70,6 @@ def quiet_libraries() -> None:
         pass
 
 
-def validate_spec(method: str, spec: dict[str, Any] | TrainSpecBase) -> TrainSpecBase:
-    """The typed spec for ``method``; :class:`BadRequest` naming the field otherwise."""
-    cls = TRAINING_JOB_SPECS.get(method)
-    if cls is None:
-        raise BadRequest(f"unknown training method {method!r}; known: {', '.join(TRAINING_JOB_SPECS)}", param="method")
-    if isinstance(spec, cls):
-        return spec
-    try:
-        return cls.model_validate(spec if isinstance(spec, dict) else spec.model_dump())
-    except ValidationError as exc:
-        first = exc.errors()[0]["loc"] if exc.errors() else ()
-        raise BadRequest(describe_validation_error(exc, what=f"{method} spec"),
-                         param=".".join(str(p) for p in first) or None) from None
-
-
 def preflight(method: str, spec: TrainSpecBase) -> tuple[ResolvedSettings, TrainingData]:
     """Backend and data checks that must pass before any model is loaded."""
     resolved = resolve_settings(spec)
@@ -92,13 +79,7 @@ def preflight(method: str, spec: TrainSpecBase) -> tuple[ResolvedSettings, Train
 
 
 def package_versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "absent"
-    return out
+    return _package_versions(PACKAGES)
 
 
 def write_replay(run: RunDir, method: str, spec: TrainSpecBase, resolved: ResolvedSettings, data: TrainingData,
@@ -112,6 +93,7 @@ def write_replay(run: RunDir, method: str, spec: TrainSpecBase, resolved: Resolv
         "seeds": {"seed": spec.seed, "data_seed": spec.seed},
         "datasets": [f.to_dict() for f in data.files],
         "data_format": data.format,
+        "data_source_format": data.source_format or data.format,
         "records": {"train": len(data.train), "eval": len(data.eval)},
         "packages": package_versions(),
         "python": sys.version.split()[0],
@@ -122,55 +104,12 @@ def write_replay(run: RunDir, method: str, spec: TrainSpecBase, resolved: Resolv
     })
 
 
-def _loss_stats(run: RunDir) -> dict[str, float | None]:
-    rows = run.read_metrics()
-    losses = [r["loss"] for r in rows if "loss" in r]
-    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
-    tokens = [r["tokens"] for r in rows if "tokens" in r]
-    return {
-        "loss_first": losses[0] if losses else None,
-        "loss_last": losses[-1] if losses else None,
-        "loss_best": min(losses) if losses else None,
-        "eval_loss_best": min(evals) if evals else None,
-        "tokens": tokens[-1] if tokens else 0,
-    }
-
-
-def _attempt_info(run: RunDir, attempt: int) -> tuple[datetime, float]:
-    """(first start time, seconds spent in earlier attempts) from the run's bookkeeping file."""
-    info = run.read_json("attempts.json") or {}
-    started = info.get("started_at")
-    return (datetime.fromisoformat(started) if started else datetime.now(UTC)), float(info.get("duration_s", 0.0))
-
-
-def _record_attempt(run: RunDir, started_at: datetime, duration_s: float, attempt: int) -> None:
-    run.write_json("attempts.json", {"started_at": started_at.isoformat(), "duration_s": duration_s, "attempts": attempt})
-
-
 def summarize(run: RunDir, method: str, spec: TrainSpecBase | None, *, state: JobState, run_id: str, job_id: str | None,
               resolved: ResolvedSettings | None, result: RecipeResult | None, failure: str | None,
               started_at: datetime, duration_s: float, attempt: int) -> TrainingSummary:
-    stats = _loss_stats(run)
-    tokens = int(stats.pop("tokens") or 0)  # type: ignore[arg-type]
-    summary = TrainingSummary(
-        run_id=run_id, job_id=job_id, method=method, service=SERVICE, state=state,
-        base_model=spec.model if spec else None, finetune=spec.finetune if spec else None,
-        backend=resolved.backend if resolved else None,
-        steps=result.steps if result else 0, total_steps=result.total_steps if result else None,
-        epochs=result.epochs if result else None,
-        tokens=tokens,
-        tokens_per_second=(result.attempt_tokens / result.train_seconds)
-        if result and result.train_seconds > 0 and result.attempt_tokens > 0 else None,
-        duration_s=duration_s, weights_updated=bool(result and result.weights_updated),
-        failure_reason=failure, resumed_from_step=result.resumed_from_step if result else None, attempts=attempt,
-        trainable_parameters=result.trainable_parameters if result else None,
-        total_parameters=result.total_parameters if result else None,
-        outputs=result.outputs if result else {}, extras=result.extras if result else {},
-        started_at=started_at, **stats,  # type: ignore[arg-type]
-    )
-    if is_main_process():
-        run.write_json("training_summary.json", summary.model_dump(mode="json"))
-    return summary
+    return _summarize(run, method, spec, service=SERVICE, backend=resolved.backend if resolved else None, state=state,
+                      run_id=run_id, job_id=job_id, result=result, failure=failure, started_at=started_at,
+                      duration_s=duration_s, attempt=attempt, write=is_main_process())
 
 
 def run_job(
@@ -184,8 +123,12 @@ def run_job(
     job_id: str | None = None,
     attempt: int = 1,
     argv: list[str] | None = None,
+    guard: Callable[[TrainSpecBase], None] | None = None,
 ) -> TrainingSummary:
     """Train ``method`` with ``spec`` into ``run_dir`` and return the summary (also written to disk).
+
+    ``guard`` is the host's policy (:func:`halo_trainer_torch.core.policy.spec_guard`), called on the validated
+    spec before anything is read or loaded; the HaloError it raises fails the job with its message.
 
     Raises :class:`Preempted` when stopped by :meth:`JobControl.preempt` (a checkpoint was written).
     """
@@ -197,14 +140,14 @@ def run_job(
     reporter = reporter or Reporter()
     control = control or JobControl()
     t0 = time.monotonic()
-    started_at, prior = _attempt_info(run, attempt)
+    started_at, prior = attempt_info(run)
     typed: TrainSpecBase | None = None
     resolved: ResolvedSettings | None = None
 
     def finish(state: JobState, result: RecipeResult | None, failure: str | None) -> TrainingSummary:
         duration = prior + (time.monotonic() - t0)
         if is_main_process():
-            _record_attempt(run, started_at, duration, attempt)
+            record_attempt(run, started_at, duration, attempt)
         return summarize(run, method, typed, state=state, run_id=run_id, job_id=job_id, resolved=resolved,
                          result=result, failure=failure, started_at=started_at, duration_s=duration, attempt=attempt)
 
@@ -212,6 +155,8 @@ def run_job(
         typed = validate_spec(method, spec)
         if is_main_process():
             run.write_json("spec.json", typed.model_dump(mode="json"))
+        if guard is not None:
+            guard(typed)
         resolved, data = preflight(method, typed)
     except HaloError as exc:
         if is_main_process() and not run.spec_json.exists():
@@ -255,7 +200,7 @@ def run_job(
         return finish(JobState.FAILED, None, f"{type(exc).__name__}: {exc}")
     if result.state == "preempted":
         if is_main_process():
-            _record_attempt(run, started_at, prior + (time.monotonic() - t0), attempt)
+            record_attempt(run, started_at, prior + (time.monotonic() - t0), attempt)
         raise Preempted(f"run {run_id} preempted at step {result.steps}")
     if result.state == "cancelled":
         return finish(JobState.CANCELLED, result, "cancelled by request")

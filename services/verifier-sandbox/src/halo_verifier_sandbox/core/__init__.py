@@ -1,6 +1,1 @@
-"""The verifier library: pure logic, usable without NATS (the service wraps it).
-
-Start with :class:`~halo_verifier_sandbox.core.engine.VerifierEngine`; write verifiers with
-:class:`~halo_verifier_sandbox.core.base.Verifier` and
-:func:`~halo_verifier_sandbox.core.registry.register_verifier`.
-"""
+"""verifier-sandbox's own logic (the verifiers themselves are the :mod:`halo_verifiers` library)."""

@@ -23,11 +23,11 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 from halo_common.backend import Backend, capabilities, detect_backend, require
 from halo_common.errors import BadRequest, Unprocessable
 from halo_schemas.training import TrainSpecBase
+from halo_training.models import resolve_model_path  # noqa: F401  (re-exported)
 
 log = logging.getLogger("halo_trainer_torch.model")
 
@@ -57,22 +57,6 @@ class ResolvedSettings:
     @property
     def fp16(self) -> bool:
         return self.dtype == "float16"
-
-
-def resolve_model_path(model: str) -> str:
-    """Local directory for ``tiny://`` models; anything else is returned unchanged (Hub id or path)."""
-    if not model.startswith("tiny://"):
-        return os.path.expanduser(model) if model.startswith(("~", ".", "/")) else model
-    from halo_models.tiny import make_tiny_cached
-
-    url = urlparse(model)
-    arch = url.netloc or url.path.strip("/")
-    if arch not in ("llama", "qwen2"):
-        raise BadRequest(f"unknown tiny model {model!r}: use tiny://llama or tiny://qwen2", param="model")
-    size = (parse_qs(url.query).get("size") or ["tiny"])[0]
-    if size not in ("tiny", "small"):
-        raise BadRequest(f"unknown tiny size {size!r}: use tiny or small", param="model")
-    return str(make_tiny_cached(arch=arch, size=size))  # type: ignore[arg-type]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -156,6 +140,8 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise BadRequest(f"cannot load tokenizer of model {path!r}: {exc}", param="model") from None
+    except ValueError as exc:
+        raise _load_error(path, exc) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
@@ -193,9 +179,21 @@ def load_base_model(spec: TrainSpecBase, resolved: ResolvedSettings, task: str =
             model = cls.from_pretrained(target, **kwargs)
     except OSError as exc:
         raise BadRequest(f"cannot load model {target!r}: {exc}", param="model") from None
+    except ValueError as exc:
+        raise _load_error(target, exc) from None
     if task == "seq_cls" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
+
+
+def _load_error(path: str, exc: ValueError) -> Unprocessable:
+    """transformers' ValueError, worded for the user: a model whose architecture exists only as code it
+    ships (config ``auto_map``) is never run without ``trust_remote_code`` (see docs/training.md)."""
+    if "trust_remote_code" in str(exc):
+        return Unprocessable(f"model {path} needs its own Python code (auto_map) to load; Halo Forge does not run it "
+                             "unless trust_remote_code is set and the host allows it (HALO_ALLOW_REMOTE_CODE)",
+                             param="model")
+    return Unprocessable(f"cannot load model {path!r}: {exc}", param="model")
 
 
 @contextlib.contextmanager

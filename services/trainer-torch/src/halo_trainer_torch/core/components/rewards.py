@@ -65,7 +65,7 @@ class LocalTransport:
 
     def __init__(self, engine: Any | None = None, workers: int | None = None) -> None:
         if engine is None:
-            from halo_verifier_sandbox.core.engine import VerifierEngine
+            from halo_verifiers.engine import VerifierEngine
 
             engine = VerifierEngine.create(workers=workers)
         self.engine = engine

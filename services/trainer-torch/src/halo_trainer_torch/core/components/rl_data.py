@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from halo_trainer_torch.core.components.data import METHOD_FORMATS, DataError, SourcedRecord, TrainingData
 
 #: Record formats RL recipes accept (``text`` is a plain prompt in ``data.text_field``, "prompt" by default).
-RL_FORMATS = ("text", "prompt_completion", "messages")
+RL_FORMATS = ("text", "prompt_completion", "messages", "alpaca", "sharegpt")
 
 
 def register_rl_formats(*methods: str) -> None:

@@ -29,14 +29,14 @@ from halo_trainer_torch.core.components.rundir import RunDir
 
 
 def derive_seed(seed: int, index: int) -> int:
-    from halo_rollout.core.backends.base import derive_seed as _derive
+    from halo_sampling.backends.base import derive_seed as _derive
 
     return _derive(seed, index)
 
 
 def rollout_backend(model: Any, tokenizer: Any, spec: RLSpecBase) -> Any:
-    """A :class:`~halo_rollout.core.backends.transformers_backend.TransformersBackend` sharing ``model``."""
-    from halo_rollout.core.backends.transformers_backend import TransformersBackend
+    """A :class:`~halo_sampling.backends.transformers_backend.TransformersBackend` sharing ``model``."""
+    from halo_sampling.backends.transformers_backend import TransformersBackend
 
     return TransformersBackend.from_model(model, tokenizer, max_batch_size=spec.rollout_batch_size)
 

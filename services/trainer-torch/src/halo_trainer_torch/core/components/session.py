@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from halo_schemas.training import TrainSpecBase
+from halo_training.runs import RecipeResult  # noqa: F401  (the recipes import it from here)
 
 from halo_trainer_torch.core.components.data import TrainingData
 from halo_trainer_torch.core.components.hooks import HaloCallback, JobControl, Reporter
@@ -42,25 +43,6 @@ class JobContext:
     @property
     def has_eval(self) -> bool:
         return bool(self.data.eval)
-
-
-@dataclass
-class RecipeResult:
-    """What a recipe hands back to the runner for the summary."""
-
-    state: str  # "succeeded" | "cancelled" | "preempted"
-    steps: int = 0
-    total_steps: int | None = None
-    epochs: float | None = None
-    weights_updated: bool = False
-    stop_reason: str | None = None
-    trainable_parameters: int | None = None
-    total_parameters: int | None = None
-    resumed_from_step: int | None = None
-    train_seconds: float = 0.0  # training-loop wall time of this attempt
-    attempt_tokens: int = 0  # tokens trained in this attempt
-    outputs: dict[str, str] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def is_main_process() -> bool:

@@ -1,0 +1,1 @@
+"""Pure serving logic (protocol, engine, backends), tested without NATS or HTTP."""
