@@ -35,3 +35,7 @@ docs: schemas
 # run one benchmark: just bench bus
 bench NAME *ARGS:
     scripts/dev bench {{NAME}} {{ARGS}}
+
+# scaffold a new service that passes the layout test: just new-service sweeps
+new-service NAME *ARGS:
+    scripts/new-service {{NAME}} {{ARGS}}

@@ -11,7 +11,7 @@ from halo_forge.commands import train as train_cmd
 from halo_forge.main import app
 from halo_forge.specflags import nest, spec_command, spec_flags
 from halo_schemas.base import UserInput
-from halo_schemas.training import TRAINING_JOB_SPECS
+from halo_schemas.methods import TRAINING_JOB_SPECS
 from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 

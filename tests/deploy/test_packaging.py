@@ -171,6 +171,17 @@ def test_compose_nats_requires_credentials(compose: dict[str, Any]) -> None:
     assert NATS_ENV_FILE in (COMPOSE_DIR / ".gitignore").read_text().split()
 
 
+def test_compose_gateway_always_has_a_token_and_accepts_its_service_name(compose: dict[str, Any]) -> None:
+    """Bound to 0.0.0.0 in its container the gateway requires a token: compose hands it one from the
+    generated .gateway.env (never a value in compose.yaml), and other containers may call it as 'gateway'."""
+    gateway = compose["services"]["gateway"]
+    assert ".gateway.env" in gateway["env_file"] and NATS_ENV_FILE in gateway["env_file"]
+    env = env_of(gateway)
+    assert "HALO_GATEWAY_TOKEN" not in env, "the token comes from the env file, never from compose.yaml"
+    assert env["HALO_GATEWAY_HOST"] == "0.0.0.0" and env["HALO_GATEWAY_ALLOWED_HOSTS"] == "gateway"
+    assert ".gateway.env" in (COMPOSE_DIR / ".gitignore").read_text().split()
+
+
 def test_compose_init_secrets_makes_credentials_the_server_requires(tmp_path: Path) -> None:
     """Run compose/init-secrets.sh, then a real nats-server with compose's config and that env file:
     anonymous clients are refused, the generated credentials work, and without them the server
@@ -181,7 +192,9 @@ def test_compose_init_secrets_makes_credentials_the_server_requires(tmp_path: Pa
     from halo_common.natsproc import find_nats_server, free_port, wait_for_port
 
     env_file = tmp_path / NATS_ENV_FILE
-    run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HALO_NATS_ENV_FILE": str(env_file)}
+    gateway_env = tmp_path / ".gateway.env"
+    run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HALO_NATS_ENV_FILE": str(env_file),
+               "HALO_GATEWAY_ENV_FILE": str(gateway_env)}
     first = subprocess.run(["sh", str(COMPOSE_DIR / "init-secrets.sh")], env=run_env, capture_output=True, text=True,
                            timeout=30)
     assert first.returncode == 0, first.stderr
@@ -189,9 +202,13 @@ def test_compose_init_secrets_makes_credentials_the_server_requires(tmp_path: Pa
     creds = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
     assert set(creds) == {"HALO_NATS_USER", "HALO_NATS_PASSWORD"} and len(creds["HALO_NATS_PASSWORD"]) >= 32
     assert creds["HALO_NATS_PASSWORD"] not in first.stdout + first.stderr
+    token = dict(line.split("=", 1) for line in gateway_env.read_text().splitlines())["HALO_GATEWAY_TOKEN"]
+    assert token.startswith("hfk_") and len(token) >= 40 and oct(gateway_env.stat().st_mode & 0o777) == oct(0o600)
+    assert token not in first.stdout + first.stderr
     again = subprocess.run(["sh", str(COMPOSE_DIR / "init-secrets.sh")], env=run_env, capture_output=True, text=True,
                            timeout=30)
     assert again.returncode == 0 and dict(line.split("=", 1) for line in env_file.read_text().splitlines()) == creds
+    assert f"HALO_GATEWAY_TOKEN={token}" in gateway_env.read_text(), "a rerun keeps the token"
 
     conf = str(COMPOSE_DIR / "nats" / "halo-nats.conf")
     port = free_port()

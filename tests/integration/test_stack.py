@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -69,9 +68,10 @@ def test_up_survives_a_nats_restart_and_down_leaves_nothing(tmp_path: Path, monk
         down = cli(home, "down")
     assert down.returncode == 0, down.stderr
     assert not (home / "stack.json").exists()
-    time.sleep(0.5)
-    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert alive == []
+    def none_alive() -> bool:
+        return not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+    wait_until(none_alive, timeout=15, what="every process of the stack to exit after `down`")
 
 
 def test_status_without_a_stack_is_one_clear_line(tmp_path: Path) -> None:

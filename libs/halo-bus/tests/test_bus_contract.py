@@ -114,9 +114,10 @@ async def test_job_is_processed_once_and_dedup_drops_resubmission(bus: Bus) -> N
     assert await bus.submit_job(JOB, envelope(1), msg_id="job-1") is False  # duplicate
     await bus.submit_job(JOB, envelope(2), msg_id="job-2")
     sub = await bus.consume_jobs(JOB, "trainer-torch-sft", handle, JobEnvelope, ack_wait_s=2)
-    await await_until(lambda: len(seen) == 2)
-    await asyncio.sleep(0.3)
-    assert seen == ["job-1", "job-2"]
+    # A work queue delivers in order: once a job submitted after them arrives, a duplicate would have too.
+    await bus.submit_job(JOB, envelope(3), msg_id="job-3")
+    await await_until(lambda: "job-3" in seen)
+    assert seen == ["job-1", "job-2", "job-3"]
     await sub.stop()
 
 
@@ -221,9 +222,10 @@ async def test_durable_event_consumer_resumes_where_it_stopped(bus: Bus) -> None
     for seq in range(3, 6):
         await bus.publish_event(subject, progressed("run-c", seq))
     sub = await bus.subscribe_events(subjects.RUN_EVENTS_WILDCARD, handler, durable="test-ingest")
-    await await_until(lambda: len(got) == 6)
-    await asyncio.sleep(0.3)
-    assert got == [0, 1, 2, 3, 4, 5]
+    # Events arrive in order: once one published after them arrives, a replay of 0-2 would have too.
+    await bus.publish_event(subject, progressed("run-c", 6))
+    await await_until(lambda: 6 in got)
+    assert got == [0, 1, 2, 3, 4, 5, 6]
     await sub.stop()
 
 
@@ -300,9 +302,10 @@ async def test_batched_consumer_delivers_in_order_in_batches_and_resumes(bus: Bu
     await publish_progress(bus, range(7, 10))
     sub = await bus.consume_events_batched(BATCH_FILTER, "test-batched", handler, message_type=RunProgressed,
                                            batch_size=3, max_wait_s=0.2)
-    await await_until(lambda: len(seen()) == 10)
-    await asyncio.sleep(0.5)
-    assert seen() == list(range(10))
+    # In order: once an event published after them arrives, a replay of 0-6 would have too.
+    await publish_progress(bus, range(10, 11))
+    await await_until(lambda: 10 in seen())
+    assert seen() == list(range(11))
     await sub.stop()
 
 

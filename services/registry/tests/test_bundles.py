@@ -17,7 +17,6 @@ from halo_registry.testing import RegistryDb, RunEmitter, loss_at
 from halo_schemas.registry import (
     EvalRecordRequest,
     EvalResultIn,
-    ReplayManifest,
     RunBundleRequest,
     RunCompareRequest,
     RunCostRequest,
@@ -26,6 +25,7 @@ from halo_schemas.registry import (
     RunNoteRequest,
     RunSearch,
 )
+from halo_schemas.replay import ReplayManifest
 
 
 def make_source_run(store: RegistryStore) -> RunEmitter:

@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,10 +44,22 @@ def sb(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
     sandbox.close()
 
 
-def py(sb: Sandbox, code: str, *, limits: SandboxLimits = SandboxLimits(wall_s=10), stdin: bytes = b""):
+def py(sb: Sandbox, code: str, *, limits: SandboxLimits = SandboxLimits(wall_s=10), stdin: bytes = b"",
+       args: tuple[str, ...] = ()):
     with sb.workspace() as ws:
         ws.write("prog.py", code)
-        return ws.run([PY.exe or "python3", "-I", "prog.py"], stdin=stdin, limits=limits), ws
+        return ws.run([PY.exe or "python3", "-I", "prog.py", *args], stdin=stdin, limits=limits), ws
+
+
+def survivors(marker: str) -> list[int]:
+    """Pids of live processes whose command line carries ``marker`` (the host sees every sandboxed pid)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if marker in (proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc.pid)
+    return found
 
 
 def test_runs_code_and_passes_stdin(sb: Sandbox) -> None:
@@ -142,11 +155,13 @@ def test_environment_is_reduced(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) ->
 def test_wall_timeout_kills_the_whole_group(sb: Sandbox) -> None:
     code = "import os, time\nfor _ in range(3):\n    os.fork() == 0 and time.sleep(1000)\ntime.sleep(1000)"
     start = time.monotonic()
-    res, ws = py(sb, code, limits=SandboxLimits(wall_s=1.5, cpu_s=30))
+    marker = f"halo-test-{uuid.uuid4().hex}"  # every forked child keeps it in its argv
+    res, ws = py(sb, code, limits=SandboxLimits(wall_s=1.5, cpu_s=30), args=(marker,))
     assert res.timed_out and not res.ok and res.reason == "timeout (wall clock)"
     assert time.monotonic() - start < 10
-    if ws.uid is not None:
-        assert processes_of_uid(ws.uid) == []
+    assert survivors(marker) == []
+    assert (ws.uid is not None) == (os.geteuid() == 0), "a private uid exactly when the service runs as root"
+    assert ws.uid is None or processes_of_uid(ws.uid) == []
 
 
 def test_cpu_limit(sb: Sandbox) -> None:
@@ -195,18 +210,21 @@ def test_file_size_limit(sb: Sandbox) -> None:
 def test_daemon_left_behind_is_killed(sb: Sandbox) -> None:
     code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(1000)\n    os._exit(0)\nprint('bye')"
     start = time.monotonic()
-    res, ws = py(sb, code)
+    marker = f"halo-test-{uuid.uuid4().hex}"
+    res, ws = py(sb, code, args=(marker,))
     assert res.ok and res.out() == "bye\n" and not res.timed_out
     assert time.monotonic() - start < 5
-    if ws.uid is not None:
-        assert processes_of_uid(ws.uid) == []
+    assert survivors(marker) == [], "the daemon that escaped into its own session was killed too"
+    assert ws.uid is None or processes_of_uid(ws.uid) == []
 
 
 def test_uid_drop_when_root(sb: Sandbox) -> None:
     res, ws = py(sb, "import os; print(os.getuid(), os.geteuid(), os.getgroups())")
-    if os.geteuid() == 0:
-        assert res.out().split()[:2] == [str(ws.uid)] * 2 and ws.uid >= 2_900_000
     assert res.ok
+    # As root the code runs as a pooled private uid; otherwise as the service's own unprivileged uid.
+    expected_uid = ws.uid if os.geteuid() == 0 else os.geteuid()
+    assert res.out().split()[:2] == [str(expected_uid)] * 2
+    assert os.geteuid() != 0 or ws.uid >= 2_900_000
 
 
 # ---- detection: fail closed, explicit host opt-in --------------------------------------------

@@ -21,7 +21,6 @@ dataset's sha256 and size (the DatasetFingerprint convention: file bytes; a dire
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -37,8 +36,9 @@ from typing import Any
 
 import typer
 from halo_common.errors import BadRequest, Conflict, Unprocessable
+from halo_common.files import dataset_fingerprint
 from halo_common.paths import IMPORTED_MARKER
-from halo_schemas.registry import DriftItem, DriftReport, ReplayInfo, ReplayManifest
+from halo_schemas.replay import DriftItem, DriftReport, ReplayInfo, ReplayManifest
 from rich.console import Console
 from rich.table import Table
 
@@ -46,23 +46,6 @@ from halo_forge.client import GatewayClient
 
 console = Console()
 _CHUNK = 1 << 20
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fingerprint(path: Path) -> tuple[str, int]:
-    """(sha256, size) of a dataset file or directory, per the DatasetFingerprint convention."""
-    if path.is_file():
-        return _sha256_file(path), path.stat().st_size
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    lines = "".join(f"{p.relative_to(path).as_posix()} {_sha256_file(p)}\n" for p in files)
-    return hashlib.sha256(lines.encode()).hexdigest(), sum(p.stat().st_size for p in files)
 
 
 def _installed(name: str) -> str | None:
@@ -102,7 +85,7 @@ def drift_report(manifest: ReplayManifest, run_id: str, local: dict[str, str] | 
         if not path.exists():
             items.append(DriftItem(field=f"dataset:{ds.location}", recorded=recorded, current=None, status="drift"))
             continue
-        sha, size = fingerprint(path)
+        sha, size = dataset_fingerprint(path)
         items.append(DriftItem(field=f"dataset:{ds.location}", recorded=recorded,
                                current=f"sha256 {sha[:12]}… {size} B",
                                status="ok" if (sha, size) == (ds.sha256, ds.size_bytes) else "drift"))

@@ -20,7 +20,7 @@ from typing import Any
 import typer
 from halo_common.errors import BadRequest, HaloError
 from halo_common.specpolicy import is_local_path
-from halo_schemas.training import TRAINING_JOB_SPECS
+from halo_schemas.methods import TRAINING_JOB_SPECS
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table

@@ -1,6 +1,6 @@
 """Every NATS subject, stream and bucket name in Halo Forge. The ONLY place subject strings exist.
 
-Three kinds (DESIGN.md §3):
+Three kinds (docs/architecture.md, "Subjects and messages"):
 
 * request/reply ``halo.rpc.<service>.<verb>`` — core NATS, queue group = service name;
 * work queue   ``halo.job.<service>.<job-type>`` — JetStream stream ``HALO_JOBS`` (WorkQueue);
@@ -27,6 +27,7 @@ SERVICES: tuple[str, ...] = (
     "eval",
     "serve",
     "data",
+    "sweeps",
 )
 
 STREAM_JOBS = "HALO_JOBS"
@@ -182,6 +183,12 @@ REGISTRY_DATASET_GET = declare("rpc", rpc("registry", "dataset-get"), "halo.rpc.
                                "One dataset by id (dataset:<id> in a training spec resolves through it).")
 REGISTRY_DATASET_LIST = declare("rpc", rpc("registry", "dataset-list"), "halo.rpc.dataset-list-request.v1",
                                 "halo.rpc.dataset-list.v1", "Datasets, newest first, by name or run.")
+REGISTRY_ARTIFACTS = declare("rpc", rpc("registry", "artifacts-search"), "halo.rpc.artifact-search.v1",
+                             "halo.rpc.artifact-list.v1", "Artifacts of every run (exports, merges…), newest first, filtered.")
+REGISTRY_ARTIFACT_GET = declare("rpc", rpc("registry", "artifact-get"), "halo.rpc.artifact-ref.v1",
+                                "halo.rpc.artifact-list.v1", "One artifact by id: format, quant, status, verify figures.")
+REGISTRY_ARTIFACT_DELETE = declare("rpc", rpc("registry", "artifact-delete"), "halo.rpc.artifact-delete-request.v1",
+                                   "halo.rpc.artifact-deleted.v1", "Forget an artifact; optionally delete its files.")
 REGISTRY_INGEST_DURABLE = "registry-ingest"  # durable JetStream consumer of RUN_EVENTS_WILDCARD
 
 # verifier-sandbox
@@ -219,6 +226,17 @@ SERVE_LIST = declare("rpc", rpc("serve", "list"), "halo.rpc.serve-list-request.v
                      "Every servable model id: base, format, backend, loaded, memory.")
 SERVE_INFO = declare("rpc", rpc("serve", "info"), "halo.rpc.serve-info-request.v1", "halo.rpc.serve-info.v1",
                      "Where serve's OpenAI-compatible HTTP API listens (the gateway proxies /v1 there).")
+SERVE_JOB_TYPES = ("convert", "merge-bake", "merge-combine")
+SERVE_CONVERT_JOB = declare("job", job("serve", "convert"), "halo.job.envelope.v1", "-",
+                            "Export a model to hf | gguf | mlx x quant (spec halo.job.convert.v1), round-trip verified.")
+SERVE_MERGE_BAKE_JOB = declare("job", job("serve", "merge-bake"), "halo.job.envelope.v1", "-",
+                               "Bake one adapter into its base (spec halo.job.merge-bake.v1).")
+SERVE_MERGE_COMBINE_JOB = declare("job", job("serve", "merge-combine"), "halo.job.envelope.v1", "-",
+                                  "Combine N adapters (spec halo.job.merge-combine.v1), optionally baked.")
+SERVE_CONVERT_FORMATS = declare("rpc", rpc("serve", "convert-formats"), "halo.rpc.convert-formats-request.v1",
+                                "halo.rpc.convert-formats.v1", "The (format, quant) pairs this serve host can export.")
+SERVE_CANCEL = declare("rpc", rpc("serve", "cancel"), "halo.rpc.job-ref.v1", "halo.job.status.v1",
+                       "Request cancellation of a queued or running convert/merge job.")
 SERVE_MODEL_EVENTS = declare("event", f"{PREFIX}.evt.serve.model.<model>.<loaded|unloaded|adapter-loaded>",
                              "halo.evt.serve-model.v1", "-",
                              "A model was loaded, unloaded (requested, evicted, shutdown) or an adapter attached.")
@@ -249,6 +267,25 @@ DATA_INSPECT = declare("rpc", rpc("data", "inspect"), "halo.rpc.data-inspect-req
                        "Counts, formats, length histogram and samples of a data file.")
 DATA_CANCEL = declare("rpc", rpc("data", "cancel"), "halo.rpc.job-ref.v1", "halo.job.status.v1",
                       "Request cancellation of a running or queued data job.")
+
+# sweeps
+SWEEPS_JOB = declare("job", job("sweeps", "sweep"), "halo.job.envelope.v1", "-",
+                     "Coordinate one sweep (spec halo.spec.sweep-job.v1): trials are training jobs; Optuna storage "
+                     "next to the registry's database.")
+SWEEPS_CREATE = declare("rpc", rpc("sweeps", "create"), "halo.rpc.sweep-create-request.v1", "halo.rpc.sweep-started.v1",
+                        "Validate a sweep (search space, objective) and start its coordinator job.")
+SWEEPS_LIST = declare("rpc", rpc("sweeps", "list"), "halo.rpc.sweep-list-request.v1", "halo.rpc.sweep-list.v1",
+                      "Sweeps, newest first, with trial counts and the best value.")
+SWEEPS_SHOW = declare("rpc", rpc("sweeps", "show"), "halo.rpc.sweep-ref.v1", "halo.sweeps.sweep.v1",
+                      "One sweep: trials, best trial, parameter importances.")
+SWEEPS_CANCEL = declare("rpc", rpc("sweeps", "cancel"), "halo.rpc.job-ref.v1", "halo.job.status.v1",
+                        "Cancel a sweep's coordinator job (it cancels its running trials).")
+SWEEPS_RESUME = declare("rpc", rpc("sweeps", "resume"), "halo.rpc.sweep-ref.v1", "halo.rpc.sweep-started.v1",
+                        "Start a new coordinator for a cancelled or failed sweep; finished trials are kept.")
+SWEEPS_BEST = declare("rpc", rpc("sweeps", "best"), "halo.rpc.sweep-ref.v1", "halo.rpc.sweep-best.v1",
+                      "The best complete trial and its full training spec.")
+SWEEPS_FORK_BEST = declare("rpc", rpc("sweeps", "fork-best"), "halo.rpc.sweep-fork-request.v1",
+                           "halo.rpc.sweep-forked.v1", "Submit a full training run from the best trial's spec.")
 
 
 def render_messaging_md() -> str:

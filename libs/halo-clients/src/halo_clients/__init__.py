@@ -9,8 +9,9 @@ from halo_clients.eval import EvalClient
 from halo_clients.jobs import JobRoute, JobsClient, choose_route, register_route, routes_for
 from halo_clients.registry import RegistryClient
 from halo_clients.rollout import RolloutClient
+from halo_clients.serve import ServeClient
 from halo_clients.trainer_torch import TrainerClient
 from halo_clients.verifier_sandbox import VerifierClient
 
-__all__ = ["DataClient", "EvalClient", "JobRoute", "JobsClient", "RegistryClient", "RolloutClient", "TrainerClient", "VerifierClient",
+__all__ = ["DataClient", "EvalClient", "JobRoute", "JobsClient", "RegistryClient", "RolloutClient", "ServeClient", "TrainerClient", "VerifierClient",
            "choose_route", "register_route", "routes_for"]

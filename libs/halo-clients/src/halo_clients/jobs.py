@@ -105,10 +105,13 @@ class JobsClient:
         running = await self.running_services() if backend == "auto" and len(routes_for(job_type)) > 1 else None
         return choose_route(job_type, backend, running)
 
-    async def submit(self, route: JobRoute, spec: UserInput, total_steps: int | None = None) -> JobSubmitted:
-        """Queue ``spec`` for ``route.service`` (a failed enqueue leaves a failed status, never a stuck one)."""
+    async def submit(self, route: JobRoute, spec: UserInput, total_steps: int | None = None,
+                     job_id: str | None = None, run_id: str | None = None) -> JobSubmitted:
+        """Queue ``spec`` for ``route.service`` (a failed enqueue leaves a failed status, never a stuck one).
+        A caller that chose ``job_id`` beforehand (a sweep records it first) may submit again after a crash:
+        the work queue drops the duplicate."""
         return await submit_job(self.bus, service=route.service, job_type=route.job_type, spec=spec,
-                                total_steps=total_steps)
+                                total_steps=total_steps, job_id=job_id, run_id=run_id)
 
     async def status(self, job_id: str) -> JobStatus:
         status = await self.bus.kv_get(subjects.KV_JOB_STATE, job_id, JobStatus)
@@ -151,3 +154,6 @@ for _eval_type in subjects.EVAL_JOB_TYPES:
     register_route(_eval_type, "eval")
 for _data_type in subjects.DATA_JOB_TYPES:
     register_route(_data_type, "data")
+register_route("sweep", "sweeps")
+for _serve_type in subjects.SERVE_JOB_TYPES:  # convert, merge-bake, merge-combine
+    register_route(_serve_type, "serve")

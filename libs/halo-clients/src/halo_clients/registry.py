@@ -17,12 +17,17 @@ from collections.abc import Sequence
 from halo_bus import Bus, subjects
 from halo_schemas.data import DatasetInfo, DatasetList, DatasetListRequest, DatasetRef, DatasetRegisterRequest
 from halo_schemas.registry import (
+    ArtifactDeleted,
+    ArtifactDeleteRequest,
+    ArtifactInfo,
+    ArtifactList,
+    ArtifactRef,
+    ArtifactSearch,
     EvalGrid,
     EvalGridRequest,
     EvalRecorded,
     EvalRecordRequest,
     EvalResultIn,
-    ReplayInfo,
     RunBundle,
     RunBundleRequest,
     RunCompareRequest,
@@ -43,6 +48,7 @@ from halo_schemas.registry import (
     RunSummary,
     RunTagRequest,
 )
+from halo_schemas.replay import ReplayInfo
 
 
 class RegistryClient:
@@ -54,6 +60,19 @@ class RegistryClient:
 
     async def search(self, req: RunSearch | None = None) -> RunsPage:
         return await self.bus.request(subjects.REGISTRY_QUERY_RUNS, req or RunSearch(), RunsPage, self.timeout)
+
+    async def artifacts(self, req: ArtifactSearch | None = None) -> ArtifactList:
+        """Artifacts of every run (exports, merges, adapters…), newest first."""
+        return await self.bus.request(subjects.REGISTRY_ARTIFACTS, req or ArtifactSearch(), ArtifactList, self.timeout)
+
+    async def artifact(self, artifact_id: int) -> ArtifactInfo:
+        found = await self.bus.request(subjects.REGISTRY_ARTIFACT_GET, ArtifactRef(id=artifact_id), ArtifactList,
+                                       self.timeout)
+        return found.artifacts[0]
+
+    async def delete_artifact(self, artifact_id: int, keep_files: bool = True) -> ArtifactDeleted:
+        req = ArtifactDeleteRequest(id=artifact_id, keep_files=keep_files)
+        return await self.bus.request(subjects.REGISTRY_ARTIFACT_DELETE, req, ArtifactDeleted, self.long_timeout)
 
     async def get(self, run_id: str) -> RunDetail:
         return await self.bus.request(subjects.REGISTRY_RUN_GET, RunRef(run_id=run_id), RunDetail, self.timeout)

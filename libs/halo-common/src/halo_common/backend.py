@@ -1,4 +1,4 @@
-"""Accelerator backend detection and the capability matrix (DESIGN.md §7).
+"""Accelerator backend detection and the capability matrix (docs/architecture.md).
 
 ``detect_backend()`` is called once per process; ``capabilities(backend)`` says what that
 backend supports, and :func:`require` refuses an unsupported combination with a message that

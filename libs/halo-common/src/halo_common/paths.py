@@ -1,4 +1,4 @@
-"""The HALO_HOME tree (DESIGN.md §5). Every path a service writes is derived here."""
+"""The HALO_HOME tree (docs/architecture.md, "A run on disk"). Every path a service writes is derived here."""
 
 from __future__ import annotations
 

@@ -16,11 +16,13 @@ reported once, with the fields it has (:func:`format_problem`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from halo_common.files import sha256_file
 
 #: Formats a record can be written in; ``alpaca`` and ``sharegpt`` are trained as their canonical format.
 FORMATS = ("text", "prompt_completion", "messages", "preference", "alpaca", "sharegpt")
@@ -323,9 +325,13 @@ class RecordWriter:
         self._f.write(line if line.endswith(b"\n") else line + b"\n")
         self.rows += 1
 
-    def flush(self) -> None:
+    def flush(self, fsync: bool = False) -> None:
+        """Push written rows to the OS (``fsync``: to the disk; a resumable step does this before it records
+        progress)."""
         if self._f is not None:
             self._f.flush()
+            if fsync:
+                os.fsync(self._f.fileno())
 
     def _flush_parquet(self) -> None:
         import pyarrow as pa
@@ -378,15 +384,6 @@ class RecordWriter:
             self.close()
         else:
             self.abort()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 #: Fields tried, in order, for a record's text when no key is given.

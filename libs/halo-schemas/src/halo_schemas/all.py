@@ -8,9 +8,11 @@ from halo_schemas import (  # noqa: F401
     health,
     jobs,
     registry,  # noqa: F401
+    replay,  # noqa: F401
     rl,  # noqa: F401
     rollout,  # noqa: F401
     serve,  # noqa: F401
+    sweeps,  # noqa: F401
     training,  # noqa: F401
     verifiers,  # noqa: F401
 )

@@ -1,6 +1,6 @@
 """Base classes for every wire model and the schema-id registry.
 
-Two bases, two contracts (DESIGN.md §4):
+Two bases, two contracts (docs/architecture.md, "Subjects and messages"):
 
 * :class:`Message` — bus payloads. Tolerant (unknown fields ignored, so a newer producer can add an
   optional field without breaking an older consumer) and frozen.

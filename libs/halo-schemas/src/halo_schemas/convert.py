@@ -142,3 +142,18 @@ class ArtifactManifest(Message):
     spec: dict[str, Any] = Field(default_factory=dict, description="The validated spec.")
     seconds: float = Field(ge=0, description="Wall time of the export itself (verify excluded).")
     created_at: datetime = Field(default_factory=utcnow, description="UTC time written.")
+
+
+class ConvertFormatsRequest(Message):
+    """Ask the serve service which (format, quant) pairs its host can export and verify."""
+
+    schema_id = "halo.rpc.convert-formats-request.v1"
+
+
+class ConvertFormats(Message):
+    """format -> quant -> None (available) or the reason it is not, on the serve service's host."""
+
+    schema_id = "halo.rpc.convert-formats.v1"
+
+    formats: dict[str, dict[str, str | None]] = Field(description="format -> quant -> null (available) or why not.")
+    host: str = Field(default="", description="Host name of the serve instance that answered.")

@@ -58,6 +58,10 @@ class RunArtifactAdded(RunEvent):
     sha256: str | None = Field(default=None, description="Content hash (of the main file, or a manifest of files).")
     size_bytes: int | None = Field(default=None, ge=0, description="Total size in bytes.")
     step: int | None = Field(default=None, description="Step it was written at, if any.")
+    quant: str | None = Field(default=None, description="Quantization of an export (fp32 | fp16 | bf16 | q8 | q4), if any.")
+    status: str | None = Field(default=None, description="verified | failed | unverified for convert/merge outputs.")
+    details: dict[str, Any] = Field(default_factory=dict,
+                                    description="Kind-specific details: parents, the round-trip verify figures.")
 
 
 class RunFinished(RunEvent):

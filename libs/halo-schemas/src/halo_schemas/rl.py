@@ -15,7 +15,7 @@ Usage::
     spec = GRPOSpec.model_validate({"model": "Qwen/Qwen2.5-0.5B-Instruct", "data": {"train": "tasks.jsonl"},
                                     "verifiers": [{"name": "humaneval"}, {"name": "regex_format", "weight": 0.2,
                                                    "params": {"pattern": "^```python"}}]})
-    TRAINING_JOB_SPECS["raft"]        # -> RAFTSpec (registered by this module)
+    TRAINING_JOB_SPECS["raft"]        # -> RAFTSpec (halo_schemas.methods)
 
 Prompt records are JSONL lines ``{"prompt": "...", "context": {...}}`` (``context`` is the verifier's
 :class:`~halo_schemas.verifiers.VerifyContext`: tests, reference, cases…), or ``messages`` / ``prompt`` +
@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from halo_schemas.base import UserInput
-from halo_schemas.training import TRAINING_JOB_SPECS, DataSpec, TrainSpecBase
+from halo_schemas.training import DataSpec, TrainSpecBase
 from halo_schemas.verifiers import VerifierSpec
 
 GrpoLossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
@@ -337,6 +337,5 @@ class RAFTSpec(RLSpecBase):
         return self
 
 
-#: RL method tokens -> spec classes; registered into :data:`halo_schemas.training.TRAINING_JOB_SPECS`.
+#: RL method tokens -> spec classes (all methods together: :data:`halo_schemas.methods.TRAINING_JOB_SPECS`).
 RL_JOB_SPECS: dict[str, type[TrainSpecBase]] = {"grpo": GRPOSpec, "raft": RAFTSpec}
-TRAINING_JOB_SPECS.update(RL_JOB_SPECS)

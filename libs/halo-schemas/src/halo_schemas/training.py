@@ -10,7 +10,7 @@ for its backend (dtype, gradient checkpointing, attention kernel, learning rate)
 Usage::
 
     spec = SFTSpec.model_validate({"model": "Qwen/Qwen2.5-0.5B", "data": {"train": "chat.jsonl"}})
-    spec_cls = TRAINING_JOB_SPECS["dpo"]          # method token -> spec class
+    spec_cls = TRAINING_JOB_SPECS["dpo"]          # halo_schemas.methods: method token -> spec class
 
 Every trainer writes ``training_summary.json`` with the one :class:`TrainingSummary` shape.
 """
@@ -299,14 +299,14 @@ class RewardModelSpec(TrainSpecBase):
     )
 
 
-#: Method token (the job type in ``halo.job.trainer-torch.<method>``) -> spec class.
-TRAINING_JOB_SPECS: dict[str, type[TrainSpecBase]] = {
+#: Supervised and preference methods: method token (the job type, ``halo.job.<trainer>.<method>``) -> spec class.
+#: Every method, RL included, is :data:`halo_schemas.methods.TRAINING_JOB_SPECS`.
+SUPERVISED_JOB_SPECS: dict[str, type[TrainSpecBase]] = {
     "sft": SFTSpec,
     "dpo": DPOSpec,
     "orpo": ORPOSpec,
     "rm": RewardModelSpec,
 }
-import halo_schemas.rl  # noqa: E402,F401,I001  (adds "grpo": GRPOSpec, "raft": RAFTSpec; rl.py imports this module)
 
 
 class TokenSegment(Message):

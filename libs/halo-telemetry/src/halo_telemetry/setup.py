@@ -1,4 +1,4 @@
-"""Process telemetry setup. Metric names follow DESIGN.md §10 (``halo_`` prefix, base units)."""
+"""Process telemetry setup. Metric names follow docs/dev/conventions.md (``halo_`` prefix, base units)."""
 
 from __future__ import annotations
 

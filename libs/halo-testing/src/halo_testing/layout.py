@@ -99,3 +99,57 @@ def layout_problems(root: Path) -> list[str]:
     """Every skeleton and import problem of the tree at ``root``."""
     problems = [p for name in services(root) for p in skeleton_problems(root, name)]
     return problems + import_problems(root)
+
+
+# ---- code shared between services --------------------------------------------------------------------
+def _shape_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, shape) of the code lines that carry logic: names become ``N``, strings ``S``, numbers
+    ``0``; imports, docstrings and thin lines (a bracket, ``else:``, a lone name) are left out, so that only
+    real logic can match."""
+    import io
+    import keyword
+    import tokenize
+
+    source = path.read_text(encoding="utf-8")
+    skip: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            skip.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            skip.update(range(body[0].lineno, (body[0].end_lineno or body[0].lineno) + 1))
+    shapes: dict[int, list[str]] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.start[0] in skip or tok.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
+                                                tokenize.DEDENT, tokenize.ENDMARKER):
+            continue
+        if tok.type == tokenize.NAME:
+            text = tok.string if keyword.iskeyword(tok.string) else "N"
+        elif tok.type == tokenize.STRING or tok.type == getattr(tokenize, "FSTRING_START", -1):
+            text = "S"
+        elif tok.type == tokenize.NUMBER:
+            text = "0"
+        elif tok.type in (getattr(tokenize, "FSTRING_MIDDLE", -1), getattr(tokenize, "FSTRING_END", -1)):
+            continue
+        else:
+            text = tok.string
+        shapes.setdefault(tok.start[0], []).append(text)
+    return [(n, " ".join(toks)) for n, toks in sorted(shapes.items()) if len(toks) > 3]
+
+
+def shared_blocks(root: Path, min_lines: int = 8) -> list[str]:
+    """Runs of ``min_lines`` or more logic lines of the same shape found in the sources of two different
+    services (tests excluded), one line each: ``a.py:10 ~ b.py:40 (8 lines)``."""
+    windows: dict[tuple[str, ...], tuple[str, Path, int]] = {}
+    found: dict[tuple[Path, Path], tuple[int, int]] = {}
+    for name in services(root):
+        for path in _sources(root / "services" / name / "src"):
+            lines = _shape_lines(path)
+            for i in range(len(lines) - min_lines + 1):
+                key = tuple(shape for _, shape in lines[i:i + min_lines])
+                first = windows.setdefault(key, (name, path, lines[i][0]))
+                if first[0] != name:
+                    found.setdefault((first[1], path), (first[2], lines[i][0]))
+    return [f"{a.relative_to(root)}:{la} ~ {b.relative_to(root)}:{lb} ({min_lines}+ lines of the same shape)"
+            for (a, b), (la, lb) in sorted(found.items())]

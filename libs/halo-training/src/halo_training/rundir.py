@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md §5) and crash-safe checkpoints.
+"""The run directory (docs/architecture.md, "A run on disk") and crash-safe checkpoints.
 
 ::
 

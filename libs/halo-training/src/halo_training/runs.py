@@ -20,7 +20,8 @@ from typing import Any
 from halo_common.errors import BadRequest
 from halo_schemas.base import describe_validation_error
 from halo_schemas.jobs import JobState
-from halo_schemas.training import TRAINING_JOB_SPECS, TrainingSummary, TrainSpecBase
+from halo_schemas.methods import TRAINING_JOB_SPECS
+from halo_schemas.training import TrainingSummary, TrainSpecBase
 from pydantic import ValidationError
 
 from halo_training.rundir import RunDir

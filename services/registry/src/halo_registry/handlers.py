@@ -8,7 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from halo_common.errors import Conflict, Unavailable
+from halo_schemas.data import DatasetListRequest, DatasetRef, DatasetRegisterRequest
 from halo_schemas.registry import (
+    ArtifactDeleteRequest,
+    ArtifactRef,
+    ArtifactSearch,
     EvalGridRequest,
     EvalRecordRequest,
     RunBundleRequest,
@@ -58,4 +62,10 @@ def endpoints(store: RegistryStore) -> list[tuple[str, Callable[[Any], Awaitable
         ("run-bundle", threaded(store.bundle), RunBundleRequest),
         ("run-import", threaded(store.import_bundle), RunImportRequest),
         ("run-replay", threaded(lambda r: store.replay(r.run_id)), RunRef),
+        ("artifacts-search", threaded(store.artifacts), ArtifactSearch),
+        ("artifact-get", threaded(lambda r: store.artifact(r.id)), ArtifactRef),
+        ("artifact-delete", threaded(store.delete_artifact), ArtifactDeleteRequest),
+        ("dataset-register", threaded(store.register_dataset), DatasetRegisterRequest),
+        ("dataset-get", threaded(lambda r: store.dataset(r.dataset_id)), DatasetRef),
+        ("dataset-list", threaded(store.list_datasets), DatasetListRequest),
     ]

@@ -2,7 +2,8 @@
 
 On start it builds the model catalog from settings (``HALO_SERVE_MODELS`` / ``HALO_SERVE_ADAPTERS``),
 starts the engine thread and the HTTP server (uvicorn, in this process and event loop), and serves
-``halo.rpc.serve.load|unload|list|info``. Model loads/unloads are published as
+``halo.rpc.serve.load|unload|list|info|convert-formats|cancel``, and runs the convert / merge-bake /
+merge-combine jobs (``halo.job.serve.<type>``, see :func:`halo_serve.handlers.run_job`). Model loads/unloads are published as
 ``halo.evt.serve.model.<id>.<action>`` events. The gateway finds the HTTP API through the ``info``
 verb (and ``health`` details carry the same URL).
 
@@ -27,6 +28,9 @@ from typing import Any
 import uvicorn
 from halo_bus import Bus, subjects
 from halo_runtime import Service
+from halo_runtime.jobs import JobLifecycle
+from halo_schemas.convert import ConvertFormatsRequest
+from halo_schemas.jobs import JobEnvelope, JobRef
 from halo_schemas.serve import (
     ServeInfoRequest,
     ServeListRequest,
@@ -78,6 +82,9 @@ class Serve(Service):
         self._events: set[asyncio.Task[None]] = set()
         self.url = ""
         self.backends: list[str] = []
+        # convert / merge jobs running here (job id -> lifecycle, for cancel) and the one-at-a-time slot.
+        self.jobs: dict[str, JobLifecycle] = {}
+        self.job_slot = asyncio.Semaphore(1)
 
     def _register_configured(self) -> list[str]:
         ids = []
@@ -108,6 +115,13 @@ class Serve(Service):
         await self.endpoint("unload", functools.partial(handlers.unload, self), ServeUnloadRequest)
         await self.endpoint("list", functools.partial(handlers.list_models, self), ServeListRequest)
         await self.endpoint("info", functools.partial(handlers.info, self), ServeInfoRequest)
+        await self.endpoint("convert-formats", functools.partial(handlers.convert_formats, self), ConvertFormatsRequest)
+        await self.endpoint("cancel", functools.partial(handlers.cancel, self), JobRef)
+        for job_type in subjects.SERVE_JOB_TYPES:
+            await self.track(await self.bus.consume_jobs(
+                subjects.job("serve", job_type), subjects.job_consumer_name("serve", job_type),
+                functools.partial(handlers.run_job, self), JobEnvelope,
+                ack_wait_s=self.settings.job_ack_wait_s, max_deliver=self.settings.job_max_deliver))
 
     async def _start_http(self) -> None:
         app = create_app(AppState(self.engine, self.registry, self.metrics, self.settings.retry_after_s,

@@ -38,3 +38,6 @@ class ServeSettings(HaloSettings):
                                     description="Evict least-recently-used models above this (GB; 0 = unlimited).")
     max_loaded_models: int = Field(default=4, ge=1, le=64, description="Most base models loaded at once (LRU).")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After seconds sent with 429/503.")
+    job_ack_wait_s: float = Field(default=60.0, ge=5, description="Seconds a convert/merge job stays leased "
+                                  "without a heartbeat before it is redelivered to another instance.")
+    job_max_deliver: int = Field(default=3, ge=1, description="Deliveries of a convert/merge job before it is dropped.")

@@ -2,7 +2,7 @@
 
 * exact: SHA-256 of the normalised text (NFC, whitespace collapsed, lowercased unless told otherwise);
 * fuzzy: MinHash signatures (:mod:`halo_data.core.minhash`, datasketch's permutations) and an LSH index whose
-  band layout is datasketch's optimum for the threshold. Each row is *queried, then inserted*: a row whose
+  band layout is datasketch's optimum for the threshold, weighted towards recall. Each row is *queried, then inserted*: a row whose
   best candidate's estimated Jaccard similarity reaches the threshold is dropped as a duplicate of that
   candidate; otherwise it is kept and indexed. Candidates are verified against a 16-bit fingerprint of their
   signature, which removes the banding's false positives below the threshold.
@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasketch.lsh import _optimal_param
 from halo_common.records import RecordWriter
 
 from halo_data.core.common import Cancelled, Progress, ProgressFn, StepResult, StopFn, ignore, never, texts
-from halo_data.core.minhash import MinHasher, exact_digest, jaccard
+from halo_data.core.minhash import MinHasher, exact_digest, jaccard, optimal_bands
 
+#: Inputs smaller than this are hashed in-process when ``workers`` is 0 (auto).
+SMALL_INPUT_BYTES = 16 << 20
 #: Fingerprint rows per storage chunk (grown chunk by chunk, never copied).
 _CHUNK = 8192
 
@@ -49,17 +50,31 @@ class DedupConfig:
     workers: int = 0
     minhash_seed: int = 1
     batch_docs: int = 512
+    #: A batch also ends at this many characters of text, so long documents do not make batches large.
+    batch_chars: int = 4 << 20
 
     def hasher(self) -> MinHasher:
         return MinHasher(self.num_perm, self.shingle_size, self.shingle_unit, self.lowercase, self.minhash_seed)
 
-    def n_workers(self) -> int:
-        return self.workers or (os.cpu_count() or 1)
+    def n_workers(self, input_bytes: int | None = None) -> int:
+        """``workers``, or for 0: one per core, except for inputs under 16 MB (starting processes costs more)."""
+        if self.workers:
+            return self.workers
+        if input_bytes is not None and input_bytes < SMALL_INPUT_BYTES:
+            return 1
+        return os.cpu_count() or 1
+
+
+#: Weights of false positives / false negatives when choosing the band layout. Candidates are verified, so a
+#: false positive of the banding costs one fingerprint comparison while a false negative loses a duplicate:
+#: favour recall (at threshold 0.85, 128 permutations: 11 bands of 11 rows find 98% of pairs at J = 0.9,
+#: where datasketch's equal weighting, 8 x 16, finds 81%).
+FP_WEIGHT, FN_WEIGHT = 0.1, 0.9
 
 
 def band_layout(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band): datasketch's MinHashLSH optimum (false positives and negatives weighted equally)."""
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+    """(bands, rows per band): datasketch's MinHashLSH optimum for the weights above."""
+    return optimal_bands(threshold, num_perm, FP_WEIGHT, FN_WEIGHT)
 
 
 class LSHIndex:
@@ -159,7 +174,8 @@ def dedup(input_path: str | Path, output_path: str | Path, cfg: DedupConfig, *, 
     counts = {"exact": 0, "fuzzy": 0}
     cluster_sizes: dict[int, int] = {}
     prog = Progress()
-    workers = cfg.n_workers() if fuzzy else 0
+    size = Path(input_path).expanduser().stat().st_size if Path(input_path).expanduser().is_file() else None
+    workers = cfg.n_workers(size) if fuzzy else 0
     hasher = cfg.hasher() if fuzzy and workers <= 1 else None
     pool = _pool(workers, cfg) if fuzzy and workers > 1 else None
     writer = RecordWriter(output_path)
@@ -197,6 +213,7 @@ def dedup(input_path: str | Path, output_path: str | Path, cfg: DedupConfig, *, 
         pending: deque[tuple[list[tuple[dict[str, Any], str, str]], Future[np.ndarray] | None]] = deque()
         ahead = 2 * workers if pool else 0
         batch: list[tuple[dict[str, Any], str, str]] = []
+        chars = 0
 
         def submit(b: list[tuple[dict[str, Any], str, str]]) -> None:
             if should_stop():
@@ -212,9 +229,10 @@ def dedup(input_path: str | Path, output_path: str | Path, cfg: DedupConfig, *, 
 
         for item in texts(input_path, text_key):
             batch.append(item)
-            if len(batch) >= cfg.batch_docs:
+            chars += len(item[2])
+            if len(batch) >= cfg.batch_docs or chars >= cfg.batch_chars:
                 submit(batch)
-                batch = []
+                batch, chars = [], 0
         if batch:
             submit(batch)
         while pending:

@@ -1,10 +1,12 @@
 """Text normalisation, shingles and MinHash signatures, vectorised with numpy.
 
 A signature here is exactly what ``datasketch.MinHash(num_perm, seed)`` (scheme ``affine32``, its default since
-2.0) computes when fed the same 32-bit shingle hashes: the permutations come from datasketch and the
-arithmetic is the same (``fmix32(h)``, then ``a * h + b`` mod 2^32, minimum over shingles). What differs is the
-speed: all shingles of a document go through the permutations as one numpy array instead of one
-``MinHash.update`` call per shingle (a test checks the two agree bit for bit)::
+2.0) computes when fed the same 32-bit shingle hashes: the same permutations (drawn the way datasketch draws
+them) and the same arithmetic (``fmix32(h)``, then ``a * h + b`` mod 2^32, minimum over shingles), and the LSH
+band layout is datasketch's optimisation. What differs is the speed: all shingles of a document go through the
+permutations as one numpy array instead of one ``MinHash.update`` call per shingle. Tests check both agree
+with datasketch bit for bit; datasketch itself is not imported here, because importing it loads scipy
+(~60 MB of resident memory and half a second in every worker process)::
 
     hasher = MinHasher(num_perm=128, shingle_size=5)
     sig = hasher.signature("some document text ...")      # np.uint32[num_perm]
@@ -19,14 +21,47 @@ import unicodedata
 import zlib
 
 import numpy as np
-from datasketch import MinHash
-from datasketch.minhash import _fmix
 
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 #: Shingles pushed through the permutations at once (bounds the temporary array: BLOCK x num_perm x 4 bytes).
 BLOCK = 4096
 EMPTY = np.uint32(0xFFFFFFFF)
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
+
+
+def fmix32(hv: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer (datasketch's pre-mix of every input hash)."""
+    s1, m1, s2, m2, s3 = _FMIX32
+    with np.errstate(over="ignore"):
+        hv = hv ^ (hv >> s1)
+        hv = hv * m1
+        hv = hv ^ (hv >> s2)
+        hv = hv * m2
+        return hv ^ (hv >> s3)
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutation parameters: odd ``a`` and any ``b``, from ``RandomState(seed)``."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+def optimal_bands(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> tuple[int, int]:
+    """datasketch ``MinHashLSH``'s choice of (bands, rows): the layout minimising the weighted areas of false
+    positives (below the threshold) and false negatives (above it) of the S-curve ``1 - (1 - s^r)^b``."""
+    lo, hi = np.linspace(0.0, threshold, 2001), np.linspace(threshold, 1.0, 2001)
+    best, opt = float("inf"), (0, 0)
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = np.trapezoid(1 - (1 - lo ** r) ** b, lo)
+            fn = np.trapezoid((1 - hi ** r) ** b, hi)
+            err = fp * fp_weight + fn * fn_weight
+            if err < best:
+                best, opt = err, (b, r)
+    return opt
 
 
 def normalize(text: str, lowercase: bool = True) -> str:
@@ -46,9 +81,7 @@ class MinHasher:
     def __init__(self, num_perm: int = 128, shingle_size: int = 5, unit: str = "words", lowercase: bool = True,
                  seed: int = 1) -> None:
         self.num_perm, self.shingle_size, self.unit, self.lowercase, self.seed = num_perm, shingle_size, unit, lowercase, seed
-        a, b = MinHash(num_perm=num_perm, seed=seed).permutations  # datasketch's own affine32 permutations
-        self.a = np.ascontiguousarray(a, dtype=np.uint32)
-        self.b = np.ascontiguousarray(b, dtype=np.uint32)
+        self.a, self.b = permutations(num_perm, seed)
         # Odd 64-bit multipliers combine the k token hashes of a shingle (position-dependent, so order matters).
         self.mult = np.random.RandomState(seed + 7919).randint(1, 2**62, size=shingle_size, dtype=np.uint64) * 2 + 1
 
@@ -78,7 +111,7 @@ class MinHasher:
         if not len(hv):
             return sig
         with np.errstate(over="ignore"):
-            mixed = _fmix(hv.astype(np.uint32), 32)
+            mixed = fmix32(hv.astype(np.uint32))
             for start in range(0, len(mixed), BLOCK):
                 block = np.multiply.outer(mixed[start:start + BLOCK], self.a)
                 block += self.b

@@ -79,6 +79,10 @@ def resolve_model(model: str, paths: HaloPaths | None, adapter: str | None = Non
     model = model.strip()
     if not model:
         raise BadRequest("model is empty", param="model")
+    if model.startswith("tiny://"):  # the tiny-model kit (tests, the demo): built once, then a local directory
+        from halo_training.models import resolve_model_path
+
+        return resolve_model(resolve_model_path(model), paths, adapter)
     if model.startswith("run:"):
         run_id = model[4:]
         if paths is None:

@@ -43,6 +43,7 @@ CHANGING = {
     "403": "Refused by policy: a cross-origin browser request, or a spec the host does not allow.",
     "409": "Conflicts with the current state (e.g. the resource already exists).",
     "415": "The body's Content-Type is not one this route takes.",
+    "422": "Well-formed but not processable here: unreadable data (file:line), a capability this backend lacks.",
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 #: Operations whose body is a file, not JSON, when the route does not declare it itself:
@@ -66,7 +67,8 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def rewrite(doc: dict[str, Any]) -> dict[str, Any]:
-    """Drop FastAPI's 422s, add the real error responses and the bearer scheme; returns ``doc``."""
+    """Replace FastAPI's 422 validation responses (never sent: a malformed request is a 400) by the error
+    responses the API really sends, in the one error shape; add the bearer scheme. Returns ``doc``."""
     for path, ops in doc.get("paths", {}).items():
         for method, op in ops.items():
             if not isinstance(op, dict) or "responses" not in op:

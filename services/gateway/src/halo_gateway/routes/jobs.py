@@ -29,7 +29,8 @@ from halo_common.ids import validate_id
 from halo_schemas.base import describe_validation_error
 from halo_schemas.events import RunFinished
 from halo_schemas.jobs import JobState, JobStatus, JobSubmitted
-from halo_schemas.training import TRAINING_JOB_SPECS, PreviewResult, TrainSpecBase
+from halo_schemas.methods import TRAINING_JOB_SPECS
+from halo_schemas.training import PreviewResult, TrainSpecBase
 from pydantic import BaseModel, Field, ValidationError
 
 from halo_gateway.app import get_bus

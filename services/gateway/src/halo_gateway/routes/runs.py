@@ -39,7 +39,6 @@ from halo_schemas.registry import (
     EvalGridRequest,
     EvalRecorded,
     EvalRecordRequest,
-    ReplayInfo,
     RunBundle,
     RunBundleRequest,
     RunCompareRequest,
@@ -60,6 +59,7 @@ from halo_schemas.registry import (
     RunSummary,
     RunTagRequest,
 )
+from halo_schemas.replay import ReplayInfo
 from pydantic import BaseModel, ValidationError
 from starlette.background import BackgroundTask
 

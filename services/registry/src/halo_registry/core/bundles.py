@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from halo_common.errors import BadRequest, Conflict, NotFound
+from halo_common.files import sha256_bytes, sha256_file, tree_sha256
 from halo_common.ids import InvalidId, validate_id
 from halo_common.paths import IMPORTED_MARKER, HaloPaths
 from halo_schemas.base import describe_validation_error
@@ -70,24 +71,6 @@ _CHUNK = 1 << 20
 _MAX_MANIFEST_BYTES = 16 << 20
 #: status_seq given to imported runs: no stray local event can move their status.
 _IMPORTED_SEQ = 2**31 - 1
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def tree_sha256(files: dict[str, str]) -> str:
-    """Hash of a directory from its files' hashes (``<relative path> <sha256>\\n`` lines, sorted):
-    the same convention as ReplayManifest datasets."""
-    return sha256_bytes("".join(f"{p} {h}\n" for p, h in sorted(files.items())).encode())
 
 
 # ---- making a bundle -------------------------------------------------------------------------

@@ -179,7 +179,11 @@ artifacts = Table(
     Column("size_bytes", BigInteger),
     Column("step", Integer),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("quant", String(16)),
+    Column("status", String(16)),
+    Column("details", JsonType),
     UniqueConstraint("run_pk", "path", name="uq_artifacts_run_path"),
+    Index("ix_artifacts_created", "created_at", "id"),
 )
 
 eval_results = Table(
@@ -208,6 +212,28 @@ lineage = Table(
     Column("cycle", Integer),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_lineage_child", "child_run_id"),
+)
+
+# Dataset files (data pipeline outputs) with fingerprint and lineage; (path, sha256) identifies one.
+datasets = Table(
+    "datasets", metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("dataset_id", String(128), nullable=False, unique=True),
+    Column("name", String(200)),
+    Column("path", String(1000), nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("recipe", JsonType),
+    Column("parents", JsonType),
+    Column("run_id", String(128)),
+    Column("stats", JsonType),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("path", "sha256", name="uq_datasets_path_sha256"),
+    Index("ix_datasets_name", "name"),
+    Index("ix_datasets_run_id", "run_id"),
+    Index("ix_datasets_created_at", "created_at"),
 )
 
 # Tombstones: events of a deleted run that arrive later (a straggler, a replay) are ignored.

@@ -204,12 +204,14 @@ def apply_events(db: Database, events: Sequence[RunEvent]) -> IngestStats:
                     links[(link["parent_run_id"], link["child_run_id"])] = link
             elif isinstance(ev, RunCheckpointed):
                 arts[(pk, ev.path)] = {"run_pk": pk, "kind": "checkpoint", "format": "other", "path": _clip(ev.path, 1000),
-                                       "sha256": None, "size_bytes": None, "step": ev.step, "created_at": utc(ev.ts)}
+                                       "sha256": None, "size_bytes": None, "step": ev.step, "created_at": utc(ev.ts),
+                                       "quant": None, "status": None, "details": None}
             elif isinstance(ev, RunArtifactAdded):
                 arts[(pk, ev.path)] = {"run_pk": pk, "kind": _clip(ev.kind, 32), "format": _clip(ev.format, 32),
                                        "path": _clip(ev.path, 1000), "sha256": _clip(ev.sha256, 64),
                                        "size_bytes": ev.size_bytes, "step": ev.step,
-                                       "created_at": utc(ev.ts)}
+                                       "created_at": utc(ev.ts), "quant": _clip(ev.quant, 16),
+                                       "status": _clip(ev.status, 16), "details": ev.details or None}
 
         stats.points = write_points(db, conn, [(pk, n, s, v) for (pk, n, s), v in points.items()])
         if power:
@@ -224,7 +226,7 @@ def apply_events(db: Database, events: Sequence[RunEvent]) -> IngestStats:
             stmt = stmt.on_conflict_do_update(
                 index_elements=["run_pk", "path"],
                 set_={"kind": ex.kind, "format": ex.format, "sha256": ex.sha256, "size_bytes": ex.size_bytes,
-                      "step": ex.step},
+                      "step": ex.step, "quant": ex.quant, "status": ex.status, "details": ex.details},
             )
             conn.execute(stmt, list(arts.values()))
         if tags:

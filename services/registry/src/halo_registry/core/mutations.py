@@ -8,7 +8,15 @@ from pathlib import Path
 from halo_common.errors import Conflict
 from halo_schemas.base import utcnow
 from halo_schemas.jobs import JobState
-from halo_schemas.registry import EvalRecordRequest, RunDeleted, RunDeleteRequest, RunNoteRequest, RunTagRequest
+from halo_schemas.registry import (
+    ArtifactDeleted,
+    ArtifactDeleteRequest,
+    EvalRecordRequest,
+    RunDeleted,
+    RunDeleteRequest,
+    RunNoteRequest,
+    RunTagRequest,
+)
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
@@ -25,7 +33,7 @@ from halo_registry.core.db import (
     run_tags,
     runs,
 )
-from halo_registry.core.queries import run_row
+from halo_registry.core.queries import artifact_by_id, run_row
 
 
 def tag(conn: Connection, db: Database, req: RunTagRequest) -> None:
@@ -109,3 +117,29 @@ def delete_run(db: Database, home: Path, run_dir: Path, req: RunDeleteRequest) -
                 target.unlink()
                 removed.append(p)
     return RunDeleted(run_id=req.run_id, removed_paths=removed, kept_paths=kept)
+
+
+def delete_artifact(db: Database, home: Path, req: ArtifactDeleteRequest) -> ArtifactDeleted:
+    """Forget one artifact row and, unless ``keep_files``, delete its file or directory and the files
+    listed in ``details.files`` (a manifest beside a GGUF) — only inside HALO_HOME, never a run directory."""
+    with db.write() as conn:
+        info = artifact_by_id(conn, req.id)
+        conn.execute(delete(artifacts).where(artifacts.c.id == req.id))
+    files = [info.path, *[f for f in (info.details.get("files") or []) if isinstance(f, str)]]
+    if req.keep_files:
+        return ArtifactDeleted(id=req.id, kept_paths=files)
+    removed, kept = [], []
+    root = home.resolve()
+    runs_root = (root / "runs").resolve()
+    for p in files:
+        target = Path(p).expanduser()
+        resolved = target.resolve()
+        if not resolved.is_relative_to(root) or resolved in (root, runs_root) or resolved.parent == runs_root:
+            kept.append(p)  # outside HALO_HOME, or a whole run directory: not this artifact's to delete
+        elif target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+            removed.append(p)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+            removed.append(p)
+    return ArtifactDeleted(id=req.id, removed_paths=removed, kept_paths=kept)

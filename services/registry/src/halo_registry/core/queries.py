@@ -14,6 +14,7 @@ from halo_schemas.registry import (
     DEFAULT_COMPARE_METRICS,
     FACET_FIELDS,
     ArtifactInfo,
+    ArtifactSearch,
     ConfigDiffRow,
     EvalGrid,
     EvalGridRequest,
@@ -249,10 +250,37 @@ def metric_infos(conn: Connection, pk: int) -> list[MetricInfo]:
             for n, c, lo, hi, f, last, v in conn.execute(q)]
 
 
+def _artifact(r: Any) -> ArtifactInfo:
+    return ArtifactInfo(id=r.id, run_id=r.run_id, kind=r.kind, format=r.format, path=r.path, sha256=r.sha256,
+                        size_bytes=r.size_bytes, step=r.step, created_at=r.created_at, quant=r.quant,
+                        status=r.status, details=r.details or {})
+
+
+def _artifact_select() -> Any:
+    return select(artifacts, runs.c.run_id).join(runs, runs.c.pk == artifacts.c.run_pk)
+
+
 def artifact_infos(conn: Connection, pk: int) -> list[ArtifactInfo]:
-    q = select(artifacts).where(artifacts.c.run_pk == pk).order_by(artifacts.c.created_at, artifacts.c.id)
-    return [ArtifactInfo(kind=r.kind, format=r.format, path=r.path, sha256=r.sha256, size_bytes=r.size_bytes,
-                         step=r.step, created_at=r.created_at) for r in conn.execute(q)]
+    q = _artifact_select().where(artifacts.c.run_pk == pk).order_by(artifacts.c.created_at, artifacts.c.id)
+    return [_artifact(r) for r in conn.execute(q)]
+
+
+def search_artifacts(conn: Connection, req: ArtifactSearch) -> list[ArtifactInfo]:
+    """Artifacts of every run, newest first, filtered by kind / format / status / run."""
+    q = _artifact_select()
+    for col, value in ((artifacts.c.kind, req.kind), (artifacts.c.format, req.format),
+                       (artifacts.c.status, req.status), (runs.c.run_id, req.run_id)):
+        if value is not None:
+            q = q.where(col == value)
+    q = q.order_by(artifacts.c.created_at.desc(), artifacts.c.id.desc()).limit(req.limit)
+    return [_artifact(r) for r in conn.execute(q)]
+
+
+def artifact_by_id(conn: Connection, artifact_id: int) -> ArtifactInfo:
+    row = conn.execute(_artifact_select().where(artifacts.c.id == artifact_id)).first()
+    if row is None:
+        raise NotFound(f"no artifact {artifact_id}", param="id")
+    return _artifact(row)
 
 
 def eval_infos(conn: Connection, pk: int) -> list[EvalResult]:

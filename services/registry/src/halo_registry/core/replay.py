@@ -8,7 +8,7 @@ from pathlib import Path
 
 from halo_common.errors import NotFound, Unprocessable
 from halo_schemas.base import describe_validation_error
-from halo_schemas.registry import ReplayInfo, ReplayManifest
+from halo_schemas.replay import ReplayInfo, ReplayManifest
 from pydantic import ValidationError
 
 REPLAY_FILE = "replay.json"

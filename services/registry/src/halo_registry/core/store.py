@@ -15,13 +15,17 @@ from pathlib import Path
 
 from halo_common.errors import BadRequest
 from halo_common.paths import HaloPaths
+from halo_schemas.data import DatasetInfo, DatasetList, DatasetListRequest, DatasetRegisterRequest
 from halo_schemas.events import RunEvent
 from halo_schemas.registry import (
+    ArtifactDeleted,
+    ArtifactDeleteRequest,
+    ArtifactList,
+    ArtifactSearch,
     EvalGrid,
     EvalGridRequest,
     EvalRecorded,
     EvalRecordRequest,
-    ReplayInfo,
     RunBundle,
     RunBundleRequest,
     RunCompareRequest,
@@ -41,10 +45,11 @@ from halo_schemas.registry import (
     RunSummary,
     RunTagRequest,
 )
+from halo_schemas.replay import ReplayInfo
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from halo_registry.core import bundles, cost, mutations, queries
+from halo_registry.core import bundles, cost, datasets, mutations, queries
 from halo_registry.core.cost import DEFAULT_NOMINAL_WATTS
 from halo_registry.core.db import Database, open_database, runs
 from halo_registry.core.ingest import IngestStats, apply_events
@@ -83,6 +88,16 @@ class RegistryStore:
         """``HALO_HOME/runs/<run_id>``; a 400 naming ``run_id`` unless it is a valid id (halo_common.ids)."""
         return self.paths.run_dir(run_id)
 
+    # ---- datasets ----------------------------------------------------------------------------
+    def register_dataset(self, req: DatasetRegisterRequest) -> DatasetInfo:
+        return datasets.register(self.db, req)
+
+    def dataset(self, dataset_id: str) -> DatasetInfo:
+        return datasets.get(self.db, dataset_id)
+
+    def list_datasets(self, req: DatasetListRequest) -> DatasetList:
+        return datasets.list_datasets(self.db, req)
+
     # ---- ingest ------------------------------------------------------------------------------
     def apply_events(self, events: Sequence[RunEvent]) -> IngestStats:
         return apply_events(self.db, events)
@@ -113,6 +128,18 @@ class RegistryStore:
             cost=self._cost(conn, row.pk, summary, None), run_dir=str(run_dir),
             has_replay=(run_dir / REPLAY_FILE).is_file(),
         )
+
+    # ---- artifacts ---------------------------------------------------------------------------
+    def artifacts(self, req: ArtifactSearch) -> ArtifactList:
+        with self.db.read() as conn:
+            return ArtifactList(artifacts=queries.search_artifacts(conn, req))
+
+    def artifact(self, artifact_id: int) -> ArtifactList:
+        with self.db.read() as conn:
+            return ArtifactList(artifacts=[queries.artifact_by_id(conn, artifact_id)])
+
+    def delete_artifact(self, req: ArtifactDeleteRequest) -> ArtifactDeleted:
+        return mutations.delete_artifact(self.db, self.paths.home, req)
 
     def metrics(self, req: RunMetricsRequest) -> RunMetrics:
         if req.step_min is not None and req.step_max is not None and req.step_max < req.step_min:

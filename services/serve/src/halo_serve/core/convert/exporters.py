@@ -42,7 +42,7 @@ def export_hf(src: Path, out: Path, quant: str) -> Path:
 # Runs llama.cpp's own converter with its vendored gguf-py (the pip `gguf` lags the converter). Its
 # BPE pre-tokenizer detection hashes the token ids of a test string and refuses unknown tokenizers;
 # ours (a byte-level BPE trained by the tiny-model kit) is unknown by hash, so when detection fails
-# we name the pre-tokenizer from tokenizer.json itself: GPT-2's ByteLevel regex -> "gpt-2", Qwen2's
+# we name the pre-tokenizer from the one transformers applies: GPT-2's ByteLevel regex -> "gpt-2", Qwen2's
 # split pattern -> "qwen2". Anything else still fails loudly; the verify's tokenizer check catches a
 # wrong guess (digits and whitespace tokenize differently).
 _CONVERT_SHIM = r"""
@@ -56,7 +56,11 @@ def _pre(self, tokenizer):
     try:
         return _orig(self, tokenizer)
     except NotImplementedError:
-        tj = json.load(open(os.path.join(str(self.dir_model), "tokenizer.json")))
+        # The pre-tokenizer transformers really applies: its tokenizer class may replace the one in
+        # tokenizer.json (transformers 5's Qwen2Tokenizer installs Qwen2's split pattern).
+        backend = getattr(tokenizer, "_tokenizer", None)
+        tj = json.loads(backend.to_str()) if backend is not None else json.load(
+            open(os.path.join(str(self.dir_model), "tokenizer.json")))
         pre = tj.get("pre_tokenizer") or {}
         parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
         for p in parts:

@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from halo_common.files import write_json_atomic, write_jsonl_atomic
+
 from halo_trainer_torch.core.components.curriculum import CycleHistory, PromptOutcome
-from halo_trainer_torch.core.components.rundir import RunDir, write_json_atomic
+from halo_trainer_torch.core.components.rundir import RunDir
 from halo_trainer_torch.core.components.shaping import CycleOutcome
 
 STAGES = ("generate", "verify", "select", "train", "checkpoint")
@@ -162,17 +164,6 @@ def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
             f.write(json.dumps(r, sort_keys=True, default=float) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, sort_keys=True, default=float) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---- the state file -----------------------------------------------------------------------------

@@ -223,6 +223,24 @@ def export_model(ctx: JobContext, trainer: Any, tokenizer: Any) -> dict[str, str
     return outputs
 
 
+def _add_probe(ctx: JobContext, trainer: Any, callback: HaloCallback) -> Any:
+    """The spec's ``probe`` as a callback (probe jobs on the eval service; see components/probe.py)."""
+    probe = getattr(ctx.spec, "probe", None)
+    if probe is None:
+        return None
+    from halo_trainer_torch.core.components.probe import ProbeCallback, bus_submitter
+
+    submit = bus_submitter(ctx.reporter, probe.timeout_s) if is_main_process() else None
+    if submit is None:
+        log.warning("probe: no bus to reach the eval service from this process; probing is off")
+        return None
+    prober = ProbeCallback(probe, base_model=ctx.spec.model, run=ctx.run, halo=callback, submit=submit,
+                           reporter=ctx.reporter, checkpoint_every=ctx.spec.checkpoint_every_steps)
+    prober.trainer = trainer
+    trainer.add_callback(prober)
+    return prober
+
+
 def train_and_export(
     ctx: JobContext,
     trainer: Any,
@@ -243,6 +261,7 @@ def train_and_export(
     trainable, total = parameter_counts(model)
     fingerprint = trainable_fingerprint(model)
     resume = str(ctx.resume_from) if ctx.resume_from else None
+    prober = _add_probe(ctx, trainer, callback)
     trainer.train(resume_from_checkpoint=resume)
     _barrier()
     if is_main_process():
@@ -272,6 +291,8 @@ def train_and_export(
         eval_metrics = {k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))}
     if callback.early_stopped_at is not None:
         result.extras["early_stopped_at_step"] = callback.early_stopped_at
+    if prober is not None:
+        result.extras["probe"] = prober.summary()
     result.extras.update({k: v for k, v in eval_metrics.items() if k.startswith("eval_") and "runtime" not in k
                           and "per_second" not in k})
     if extras is not None:

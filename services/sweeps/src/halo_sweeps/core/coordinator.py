@@ -1,0 +1,292 @@
+"""The sweep coordinator: ask Optuna for trials, run each as a training job, feed it the run's events, prune.
+
+::
+
+    coordinator = Coordinator(storage, sweep_id, BusTrials(bus), cancelled=lambda: job.cancel_requested)
+    outcome = await coordinator.run()          # "done" | "cancelled" | "stopping"
+
+Everything durable is in Optuna's storage, so a coordinator killed at any point (kill -9 included) resumes:
+
+* a trial's job id and run id are chosen and recorded as trial user attributes *before* the job is submitted;
+  a restarted coordinator watches a running trial's job again (its events are replayed from the start) and
+  never submits a second one. A recorded job that never reached the queue is submitted with the same job id
+  (the work queue drops duplicates by id);
+* a trial asked but not recorded (killed in between) is marked failed and ``abandoned``: it does not use the
+  budget, and its point is queued again;
+* a pruned trial's cancel is recorded (``prune_requested_step``) before the job is cancelled, so its end is
+  told as pruned even when the coordinator restarted in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import optuna
+from halo_bus.api import EventRecord, Subscription
+from halo_common.ids import new_id
+from halo_schemas.events import RunFinished, RunProgressed
+from halo_schemas.jobs import JobState, JobStatus
+from halo_schemas.sweeps import SweepSpec
+from halo_schemas.training import TrainSpecBase
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
+
+from halo_sweeps.core import study as st
+from halo_sweeps.core.objective import ObjectiveTracker
+from halo_sweeps.core.space import apply, grid_size, method_spec, suggest
+
+log = logging.getLogger("halo_sweeps")
+
+Outcome = Literal["done", "cancelled", "stopping"]
+
+
+class TrialBackend(Protocol):
+    """How trials run: :class:`halo_sweeps.core.trials.BusTrials` submits training jobs over the bus."""
+
+    async def submit(self, method: str, spec: TrainSpecBase, *, job_id: str, run_id: str) -> None: ...
+
+    async def cancel(self, job_id: str) -> None: ...
+
+    async def status(self, job_id: str) -> JobStatus | None: ...
+
+    async def watch(self, run_id: str, handler: Callable[[EventRecord[Any]], Awaitable[None]]) -> Subscription: ...
+
+    async def replay(self, run_id: str) -> list[EventRecord[Any]]: ...
+
+
+@dataclass
+class RunningTrial:
+    trial: optuna.Trial
+    job_id: str
+    run_id: str
+    tracker: ObjectiveTracker
+    reported: set[int]
+    prune_requested: bool = False
+    seen: set[int] = field(default_factory=set)
+    sub: Subscription | None = None
+
+
+def trial_tags(sweep_id: str, number: int, extra: list[str]) -> list[str]:
+    """Tags of a trial's run: the registry groups a sweep's runs by ``sweep:<id>``."""
+    return [*extra, f"sweep:{sweep_id}", f"sweep-trial:{number}"]
+
+
+class Coordinator:
+    """Drives one sweep to ``n_trials`` (see the module docstring). ``on_trial_done(frozen_trial)`` runs after
+    each trial ends (progress events, marking the best run)."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, sweep_id: str, trials: TrialBackend, *,
+                 cancelled: Callable[[], bool] = lambda: False, stopping: Callable[[], bool] = lambda: False,
+                 poll_s: float = 2.0,
+                 on_trial_done: Callable[[FrozenTrial, optuna.Study], Awaitable[None]] | None = None) -> None:
+        self.storage, self.sweep_id, self.trials = storage, sweep_id, trials
+        self.cancelled, self.stopping, self.poll_s = cancelled, stopping, poll_s
+        self.on_trial_done = on_trial_done
+        self.sweep: SweepSpec = st.sweep_of(storage, sweep_id)
+        self.spec_cls = method_spec(self.sweep.method)
+        self.running: dict[int, RunningTrial] = {}
+        self.queue: asyncio.Queue[tuple[int, EventRecord[Any]] | None] = asyncio.Queue()
+        self.study: optuna.Study | None = None
+        self.budget = self.sweep.n_trials
+        if self.sweep.sampler == "grid":
+            self.budget = min(self.budget, grid_size(self.sweep.search_space))
+
+    def wake(self) -> None:
+        """Make the loop look at ``cancelled`` / ``stopping`` now (thread-safe from the loop only)."""
+        self.queue.put_nowait(None)
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    async def run(self) -> Outcome:
+        offset = len(await asyncio.to_thread(self.storage.get_all_trials,
+                                             self.storage.get_study_id_from_name(self.sweep_id), False))
+        self.study = await asyncio.to_thread(st.load_study, self.storage, self.sweep_id, offset=offset)
+        await self._recover()
+        try:
+            while True:
+                if self.cancelled():
+                    await self._cancel_all()
+                    return "cancelled"
+                if self.stopping():
+                    return "stopping"
+                used = await self._used()
+                if used >= self.budget and not self.running:
+                    return "done"
+                while len(self.running) < self.sweep.parallel_trials and used + len(self.running) < self.budget:
+                    if not await self._start_trial():
+                        used += 1  # refused by the spec: told failed, counts
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), self.poll_s)
+                except TimeoutError:
+                    await self._poll()
+                    continue
+                if item is not None:
+                    await self._handle(*item)
+        finally:
+            for run in self.running.values():
+                if run.sub is not None:
+                    with contextlib.suppress(Exception):
+                        await run.sub.stop()
+
+    async def _used(self) -> int:
+        assert self.study is not None
+        trials = await asyncio.to_thread(self.study.get_trials, False)
+        return sum(1 for t in trials if st.counts_toward_budget(t))
+
+    # ---- starting and recovering trials ---------------------------------------------------------------
+    def _ask(self) -> tuple[optuna.Trial, TrainSpecBase | None, str, str]:
+        """(thread) Ask for a trial, build its spec and record its ids before anything is submitted."""
+        assert self.study is not None
+        t_ask = time.time()
+        trial = self.study.ask()
+        params = suggest(trial, self.sweep.search_space)
+        raw = apply(self.sweep.base, params)
+        raw["tags"] = trial_tags(self.sweep_id, trial.number, [*(raw.get("tags") or []), *self.sweep.tags])
+        raw["name"] = f"{self.sweep.name or self.sweep_id} #{trial.number}"
+        # Every logged step as an event: pruning needs the intermediate values, not a rate-limited sample.
+        raw.setdefault("progress_interval_s", 0.0)
+        try:
+            spec = self.spec_cls.model_validate(raw)
+        except ValidationError as exc:
+            trial.set_user_attr(st.T_ERROR, f"the trial's spec was refused: {exc.errors()[0]['msg']}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            return trial, None, "", ""
+        job_id, run_id = new_id("job"), new_id("run")
+        trial.set_user_attr(st.T_SPEC, spec.model_dump(mode="json"))
+        trial.set_user_attr(st.T_RUN, run_id)
+        trial.set_user_attr("t_ask", t_ask)
+        trial.set_user_attr(st.T_JOB, job_id)  # last: a trial with a job id is complete on record
+        return trial, spec, job_id, run_id
+
+    async def _start_trial(self) -> bool:
+        trial, spec, job_id, run_id = await asyncio.to_thread(self._ask)
+        if spec is None:
+            return False
+        run = RunningTrial(trial, job_id, run_id, ObjectiveTracker(self.sweep.objective), set())
+        await self._watch(trial.number, run)
+        await self.trials.submit(self.sweep.method, spec, job_id=job_id, run_id=run_id)
+        await asyncio.to_thread(trial.set_user_attr, "t_submitted", time.time())
+        log.info("sweep %s: trial %d submitted as %s (%s)", self.sweep_id, trial.number, job_id, trial.params)
+        return True
+
+    async def _watch(self, number: int, run: RunningTrial) -> None:
+        async def on_event(record: EventRecord[Any]) -> None:
+            self.queue.put_nowait((number, record))
+
+        self.running[number] = run
+        run.sub = await self.trials.watch(run.run_id, on_event)
+
+    async def _recover(self) -> None:
+        """Pick up the trials a previous coordinator left running (never submitting a second job)."""
+        assert self.study is not None
+        for t in await asyncio.to_thread(self.study.get_trials, False, (TrialState.RUNNING,)):
+            job_id, run_id = t.user_attrs.get(st.T_JOB), t.user_attrs.get(st.T_RUN)
+            if not job_id or not run_id:
+                await asyncio.to_thread(self._abandon, t, "the coordinator stopped before submitting it")
+                continue
+            status = await self.trials.status(job_id)
+            if status is None:  # recorded, never queued: submit it now under the same job id
+                spec = self.spec_cls.model_validate(st.trial_spec(t))
+                await self.trials.submit(self.sweep.method, spec, job_id=job_id, run_id=run_id)
+            run = RunningTrial(optuna.trial.Trial(self.study, t._trial_id), job_id, run_id,
+                               ObjectiveTracker(self.sweep.objective), set(t.intermediate_values),
+                               prune_requested=st.T_PRUNE in t.user_attrs)
+            log.info("sweep %s: picking up trial %d (job %s)", self.sweep_id, t.number, job_id)
+            await self._watch(t.number, run)
+
+    def _abandon(self, t: FrozenTrial, reason: str) -> None:
+        """(thread) Fail a trial without using the budget, and queue its point again."""
+        assert self.study is not None
+        self.storage.set_trial_user_attr(t._trial_id, st.T_ABANDONED, True)
+        self.storage.set_trial_user_attr(t._trial_id, st.T_ERROR, reason)
+        self.study.tell(t.number, state=TrialState.FAIL)
+        if t.params:
+            self.study.enqueue_trial(dict(t.params), skip_if_exists=True)
+
+    # ---- events --------------------------------------------------------------------------------------
+    async def _handle(self, number: int, record: EventRecord[Any]) -> None:
+        run = self.running.get(number)
+        if run is None or record.sequence in run.seen:
+            return
+        run.seen.add(record.sequence)
+        msg = record.message
+        if isinstance(msg, RunProgressed):
+            value = run.tracker.add(msg.step, msg.metrics)
+            if value is None or msg.step in run.reported:
+                return
+            run.reported.add(msg.step)
+            prune = await asyncio.to_thread(self._report, run, value, msg.step)
+            if prune and not run.prune_requested:
+                run.prune_requested = True
+                await asyncio.to_thread(run.trial.set_user_attr, st.T_PRUNE, msg.step)
+                log.info("sweep %s: pruning trial %d at step %d", self.sweep_id, number, msg.step)
+                await self.trials.cancel(run.job_id)
+        elif isinstance(msg, RunFinished):
+            await self._finish(number, msg.state, msg.error)
+
+    def _report(self, run: RunningTrial, value: float, step: int) -> bool:
+        run.trial.report(value, step)
+        return self.sweep.pruning.kind != "none" and run.trial.should_prune()
+
+    async def _finish(self, number: int, state: JobState, error: str | None) -> None:
+        run = self.running.pop(number)
+        if run.sub is not None:
+            with contextlib.suppress(Exception):
+                await run.sub.stop()
+        await asyncio.to_thread(self._tell, run, state, error)
+        if self.on_trial_done is not None:
+            assert self.study is not None
+            frozen = await asyncio.to_thread(self.storage.get_trial, run.trial._trial_id)
+            try:
+                await self.on_trial_done(frozen, self.study)
+            except Exception:  # reporting must not stop the sweep
+                log.exception("sweep %s: after trial %d", self.sweep_id, number)
+
+    def _tell(self, run: RunningTrial, state: JobState, error: str | None) -> None:
+        """(thread) Record how the trial's job ended."""
+        assert self.study is not None
+        trial = run.trial
+        trial.set_user_attr("t_finished_seen", time.time())
+        if state == JobState.SUCCEEDED:
+            value = run.tracker.value()
+            if value is None:
+                trial.set_user_attr(st.T_ERROR, f"the run never reported {self.sweep.objective.metric!r}")
+                self.study.tell(trial, state=TrialState.FAIL)
+            else:
+                self.study.tell(trial, value)
+        elif state == JobState.CANCELLED and run.prune_requested:
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            trial.set_user_attr(st.T_ERROR, error or f"the trial's job ended {state}")
+            self.study.tell(trial, state=TrialState.FAIL)
+        log.info("sweep %s: trial %d ended (%s, value %s)", self.sweep_id, trial.number, state,
+                 run.tracker.value())
+
+    async def _poll(self) -> None:
+        """Safety net for a lost event: a trial whose job ended is settled from its replayed events."""
+        for number, run in list(self.running.items()):
+            status = await self.trials.status(run.job_id)
+            if status is None or not status.state.terminal:
+                continue
+            for record in await self.trials.replay(run.run_id):
+                await self._handle(number, record)
+            if number in self.running:  # no finished event at all: the status decides
+                await self._finish(number, status.state, status.error)
+
+    async def _cancel_all(self) -> None:
+        """The sweep was cancelled: cancel every running trial; they do not use the budget (a resume re-runs
+        their points)."""
+        for number, run in list(self.running.items()):
+            with contextlib.suppress(Exception):
+                await self.trials.cancel(run.job_id)
+            if run.sub is not None:
+                with contextlib.suppress(Exception):
+                    await run.sub.stop()
+            frozen = await asyncio.to_thread(self.storage.get_trial, run.trial._trial_id)
+            await asyncio.to_thread(self._abandon, frozen, "cancelled with the sweep")
+            self.running.pop(number, None)

@@ -1,0 +1,11 @@
+"""trainer-mlx recipes by method token: each has ``train(ctx) -> RecipeResult`` and ``preview(...)``."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def recipe(method: str) -> ModuleType:
+    from halo_trainer_mlx.core.recipes import sft
+
+    return {"sft": sft}[method]
