@@ -78,7 +78,7 @@ class _Inner(BaseModel):
 
 
 class _NewSpec(UserInput):
-    schema_id = "halo.spec.test-new.v1"
+    schema_id = "halo.test.new.v1"
 
     brand_new_knob: Literal["a", "b"] = Field(default="a", description="A field added after the CLI was written.")
     inner: _Inner = Field(default_factory=_Inner, description="Nested.")

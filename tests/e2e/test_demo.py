@@ -1,6 +1,7 @@
 """``halo-forge demo`` end to end: starts the local stack (nats-server + every installed service as
-processes), runs SFT, DPO and RAFT on the tiny-model kit through the gateway, prints the before/after
-comparison, and ``halo-forge down`` stops everything.
+processes), runs SFT and DPO on the tiny-model kit through the gateway, serves the DPO model and asks it a
+question through the official ``openai`` SDK (streamed), runs RAFT, prints the before/after comparison, and
+``halo-forge down`` stops everything.
 
 The RL stage is rewarded for the right answer (``rouge`` against each record's expected answer, plus partial
 credit for the format), so what this test checks is answer correctness: the share of exactly right answers
@@ -36,12 +37,15 @@ def test_demo_trains_sft_dpo_and_raft_through_the_stack(tmp_path: Path) -> None:
         r = subprocess.run([CLI, "demo"], capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
         out = r.stdout
-        assert "1/3 SFT" in out and "2/3 DPO" in out and "3/3 RAFT" in out and "before / after" in out
+        assert "1/4 SFT" in out and "2/4 DPO" in out and "3/4 serve" in out and "4/4 RAFT" in out
+        assert "before / after" in out
         rows = [line for line in out.splitlines() if line.startswith("│ What")]
         assert len(rows) == 4
         cow = next(row for row in rows if "cow" in row)
         cells = [c.strip() for c in cow.split("│")[1:-1]]
         assert cells[2] == "A cow says moo." and cells[3] == "A cow says moo!"  # learned, then preference-tuned
+        # Served (run:<dpo run> through the gateway's /v1, the openai SDK, streamed), greedy: what DPO produced.
+        assert "assistant: A cow says moo!" in out, out[-3000:]
         runs = sorted((home / "runs").iterdir())  # ids sort by creation time
         assert len(runs) == 4
         summaries = [json.loads((run / "training_summary.json").read_text()) for run in runs]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from halo_testing.stack import ProcessStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SUITE = Path(__file__).resolve().parents[2] / "services" / "eval" / "src" / "halo_eval" / "tasks" / "data"
 PROBE = {"every_n_steps": 2, "tasks": ["halo_arith_mc"], "limit": 20, "tolerance": 0.05, "on_regression": "stop"}

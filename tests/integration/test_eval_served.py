@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from halo_testing.stack import ProcessStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TOLERANCE = 0.05
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from halo_testing.stack import ProcessStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,19 @@ def test_eval_records_results_and_fills_the_cohort_grid(stack: ProcessStack, tin
             assert cells[(res["run_id"], task)] == t["value"]
     shown = stack.cli("runs", "cohort", other["run_id"], "--base", base["run_id"])
     assert shown.returncode == 0 and "halo_arith_mc" in shown.stdout and "vs base" in shown.stdout
+
+    # probe: the same model against its own summary passes; against a baseline it cannot reach, exit 2
+    r = stack.cli("probe", "--model", str(tiny_model_dir), "--tasks", "halo_arith_mc,halo_compare_mc", "--limit", "6",
+                  "--baseline", base["summary_path"], "--tolerance", "0", timeout=900)
+    assert r.returncode == 0 and "no regression" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    high = json.loads(Path(base["summary_path"]).read_text())
+    high["tasks"]["halo_compare_mc"]["value"] = 1.0
+    high_file = Path(base["summary_path"]).with_name("high.json")
+    high_file.write_text(json.dumps(high))
+    r = stack.cli("probe", "--model", str(tiny_model_dir), "--tasks", "halo_arith_mc,halo_compare_mc", "--limit", "6",
+                  "--baseline", str(high_file), "--tolerance", "0.05", timeout=900)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "regressed halo_compare_mc" in r.stdout and "halo_arith_mc:" not in r.stdout
 
 
 def test_passk_canonical_and_truncated_humaneval(stack: ProcessStack, tmp_path: Path) -> None:

@@ -176,3 +176,74 @@ def test_cli_serve_list_load_unload_and_chat(stack, tiny_qwen2_dir):
     assert r.returncode == 0 and "qwen" not in r.stdout
     bad = stack.cli("chat", "no-such-model", "--prompt", "hi")
     assert bad.returncode == 1 and "does not exist" in (bad.stdout + bad.stderr)
+
+
+def _greedy(client: openai.OpenAI, model: str) -> tuple[list[int] | None, str]:
+    r = client.completions.create(model=model, prompt="The quick brown fox", max_tokens=12, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    return r.usage.completion_tokens, r.choices[0].text
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "mlx"])
+def test_converted_gguf_and_mlx_ids_answer_like_their_source(fmt, stack, client, tiny_model_dir, tmp_path):
+    """An export (converted and verified), served under its own id, answers the greedy prompt with the same
+    text as its source — beyond the verify step, through the whole serving path."""
+    from halo_schemas.convert import ConvertSpec
+    from halo_serve.core.convert import convert, supported_matrix
+    from halo_serve.core.convert.testing import confident_copy
+
+    why = supported_matrix()[fmt]["fp32"]
+    if why:
+        pytest.skip(f"SKIPPING served {fmt}: {why}")
+    src = confident_copy(tiny_model_dir, tmp_path / "src")  # peaked predictions: greedy is not a coin toss
+    out = tmp_path / ("model.gguf" if fmt == "gguf" else "mlx")
+    m = convert(ConvertSpec(source=str(src), format=fmt, quant="fp32", out=str(out), max_new_tokens=8))
+    assert m.status == "verified"
+    for mid, path in ((f"src-{fmt}", src), (f"tiny-{fmt}", out)):
+        r = httpx.post(f"{stack.url}/api/v1/serve/models", json={"id": mid, "model": str(path)}, timeout=300)
+        assert r.status_code == 200, r.text
+    listed = {m.id: m for m in client.models.list().data}
+    assert f"tiny-{fmt}" in listed
+    served = client.models.retrieve(f"tiny-{fmt}")
+    assert served.id == f"tiny-{fmt}"
+    assert _greedy(client, f"tiny-{fmt}") == _greedy(client, f"src-{fmt}")
+    for mid in (f"src-{fmt}", f"tiny-{fmt}"):
+        httpx.delete(f"{stack.url}/api/v1/serve/models/{mid}", params={"forget": "true"}, timeout=60)
+
+
+def test_bearer_auth_on_v1_through_a_token_mode_gateway(stack, tmp_path):
+    """A second gateway on the same NATS, in token mode: /v1 needs the bearer token; the SDK sends it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    token = "hfk_" + "t0k3n" * 8
+    port = free_port()
+    env = {**stack.env, "HALO_GATEWAY_PORT": str(port), "HALO_GATEWAY_TOKEN": token}
+    log = (tmp_path / "gateway.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "halo_gateway"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        good = openai.OpenAI(base_url=f"{url}/v1", api_key=token, max_retries=0)
+        r = good.chat.completions.create(model="tiny", messages=MSG, max_tokens=4, temperature=0)
+        assert r.choices[0].message.content is not None and r.usage.completion_tokens >= 1
+        assert "tiny" in {m.id for m in good.models.list().data}
+        for wrong in ("hfk_" + "x" * 40, "nope"):
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=f"{url}/v1", api_key=wrong, max_retries=0).models.list()
+        unauth = httpx.post(f"{url}/v1/chat/completions", json={"model": "tiny", "messages": MSG}, timeout=10)
+        assert unauth.status_code == 401 and unauth.headers.get("www-authenticate", "").startswith("Bearer")
+        assert unauth.json()["error"]["type"] == "authentication_error"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+        log.close()

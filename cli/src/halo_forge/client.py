@@ -91,6 +91,7 @@ class GatewayClient:
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0, source: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
+        self.token = token  # for other clients of the same gateway (the openai SDK on /v1)
         self.source = source
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 

@@ -54,11 +54,26 @@ def available_services() -> list[str]:
     out = []
     for svc in SERVICE_ORDER:
         try:
-            if importlib.util.find_spec(module_name(svc) + ".__main__") is not None:
+            if importlib.util.find_spec(module_name(svc) + ".__main__") is not None and _runtime_present(svc):
                 out.append(svc)
         except ModuleNotFoundError:
             continue
     return out
+
+
+#: A service that runs only where its framework imports (trainer-mlx: Apple silicon, or ``mlx[cpu]`` on Linux).
+SERVICE_REQUIRES = {"trainer-mlx": "mlx.core"}
+
+
+def _runtime_present(svc: str) -> bool:
+    module = SERVICE_REQUIRES.get(svc)
+    if module is None:
+        return True
+    try:
+        importlib.import_module(module)  # find_spec is not enough: an mlx wheel without its backend fails here
+    except Exception:
+        return False
+    return True
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pydantic import Field
 
 
 class NoteSpec(UserInput):
-    schema_id = "halo.spec.test-note.v1"
+    schema_id = "halo.test.note.v1"
 
     text: str = Field(default="hi", description="Text.")
 

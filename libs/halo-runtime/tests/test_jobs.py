@@ -26,7 +26,7 @@ from pydantic import Field
 
 
 class EchoSpec(UserInput):
-    schema_id = "halo.spec.test-echo.v1"
+    schema_id = "halo.test.echo.v1"
 
     steps: int = Field(default=3, description="Steps.")
 

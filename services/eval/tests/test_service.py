@@ -66,6 +66,7 @@ async def test_unknown_job_type_and_invalid_spec_fail_the_job(service: Eval, mem
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 async def test_same_numbers_as_lm_eval_cli(service: Eval, memory_bus: InMemoryBus, tiny_model_dir: Path,
                                            tmp_path: Path) -> None:
     ev = EvalClient(memory_bus)

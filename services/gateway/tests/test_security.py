@@ -181,7 +181,7 @@ async def test_openapi_declares_bearer_auth_and_real_errors_only(memory_bus: Bus
         "message", "type", "param", "code"}
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
-            want = {"400"} if path == "/health" else {"400", "401", "404"}
+            want = {"400"} if path in ("/health", "/api/v1/auth/session") else {"400", "401", "404"}
             if method in ("post", "put", "patch", "delete"):
                 want |= {"403", "409", "415", "422"}
             else:

@@ -302,3 +302,48 @@ def test_text_and_model_filters_are_literal_substrings(store: RegistryStore) -> 
     assert ids(store.search(RunSearch(text="s2"))) == ["run-s2"]
     page = store.search(RunSearch(text="run-s", limit=1, offset=5))
     assert (page.items, page.total) == ([], 3)  # a page past the end still counts
+
+
+def _scan_facets(store: RegistryStore, req: RunSearch) -> tuple[int, dict]:
+    """Total and facets the slow way (scans of runs and run_tags), as the registry did before 0006."""
+    from halo_registry.core import queries
+    from sqlalchemy import func, select
+
+    with store.db.read() as conn:
+        total = conn.scalar(select(func.count()).select_from(queries.runs)
+                            .where(queries._all(queries._conditions(store.db, queries.runs, req)))) or 0
+        facets = queries._facets(store.db, conn, req)
+    return total, {k: [(c.value, c.count) for c in v] for k, v in facets.items()}
+
+
+COUNTED = [RunSearch(facets=True), RunSearch(status=["succeeded"], facets=True),
+           RunSearch(method=["sft", "dpo"], backend=["cuda"], facets=True), RunSearch(model="qwen", facets=True),
+           RunSearch(tag=["big"], facets=True), RunSearch(tag=["base"], status=["succeeded"], model="0.5", facets=True),
+           RunSearch(tag=["nope"], facets=True)]
+
+
+def _check_counts(store: RegistryStore) -> None:
+    for req in COUNTED:
+        page = store.search(req)
+        total, facets = _scan_facets(store, req)
+        assert page.total == total, req
+        assert {k: [(c.value, c.count) for c in v] for k, v in page.facets.items()} == facets, req
+
+
+def test_facet_counts_match_a_scan(populated: RegistryStore) -> None:
+    """The trigger-kept counts (migration 0006) give the same totals and facets as scanning the runs,
+    after every kind of write: ingest (new runs, status changes), tag edits and deletes."""
+    from halo_schemas.registry import RunDeleteRequest, RunTagRequest
+
+    _check_counts(populated)
+    em = RunEmitter("run-a05", method="grpo", base_model="meta-llama/Llama-3.2-1B", backend="cuda",
+                    t0=BASE + timedelta(days=4))
+    populated.apply_events([em.finished("succeeded")])  # running -> succeeded moves the run and its tag
+    populated.tag(RunTagRequest(run_id="run-a02", add=["new", "big"], remove=["base"]))
+    populated.tag(RunTagRequest(run_id="run-a07", add=["big"]))
+    populated.delete(RunDeleteRequest(run_id="run-a04", force=True))
+    _emit(populated, R("run-a09", "rm", "tiny-qwen2", "cpu", "failed", ["big", "rl"], 8, 2.0, {}))
+    _check_counts(populated)
+    page = populated.search(RunSearch(tag=["big"], facets=True))
+    assert page.total == 4 and {c.value: c.count for c in page.facets["status"]} == {"succeeded": 2, "cancelled": 1,
+                                                                                      "failed": 1}

@@ -193,3 +193,16 @@ def test_json_prefix_state():
     assert json_prefix_state('{"a": tru') == "partial"
     assert json_prefix_state('{"a": 01') == "invalid"
     assert json_prefix_state('{"a": 1}}') == "invalid"
+
+
+def test_outputs_that_piled_up_leave_as_one_group_per_choice():
+    from halo_serve.core.engine import SeqOutput, TokenLogprob, _coalesce
+
+    lp = [TokenLogprob(token="a", logprob=-0.1, top=[]), TokenLogprob(token="b", logprob=-0.2, top=[])]
+    items = [SeqOutput(0, "a", [1], lp[:1]), SeqOutput(1, "x", [7], None), SeqOutput(0, "b", [2], lp[1:], "length", 2),
+             SeqOutput(1, "", [8], None)]
+    first, second = _coalesce(items)
+    assert (first.index, first.text, first.token_ids, first.finish_reason, first.completion_tokens) == (0, "ab", [1, 2],
+                                                                                                         "length", 2)
+    assert [t.token for t in first.logprobs] == ["a", "b"] and items[0].token_ids == [1]  # inputs untouched
+    assert (second.index, second.text, second.token_ids, second.finish_reason) == (1, "x", [7, 8], None)

@@ -104,8 +104,9 @@ def demo(
     through the local stack, and compare answers and rewards before/after."""
     if rl not in ("raft", "grpo", "none"):
         raise BadRequest(f"--rl must be raft, grpo or none, got {rl!r}", param="rl")
-    stages = 1 + (not skip_dpo) + (rl != "none")
-    client = GatewayClient(gateway_url(), os.environ.get("HALO_TOKEN"))
+    stages = 1 + (not skip_dpo) * 2 + (rl != "none")
+    gateway_url()  # starts the local stack when HALO_GATEWAY_URL does not name one
+    client = GatewayClient.from_env()
     sft = _run(client, "sft", sft_spec(sft_epochs),
                f"1/{stages} SFT: teach a random tiny Llama which animal makes which sound")
     final = (sft.get("outputs") or {}).get("final")
@@ -126,9 +127,43 @@ def demo(
         lines.append(f"adapter: {(dpo.get('outputs') or {}).get('adapter')}")
     for line in lines:
         console.print(line)
+    if dpo is not None:
+        console.rule(f"[bold]3/{stages} serve: the DPO model through the OpenAI-compatible API, streamed")
+        serve_and_ask(client, dpo, DEMO_PROMPTS[0])
     if rl != "none":
         console.rule(f"[bold]{stages}/{stages} {rl.upper()}")
         run_rl_stage(client, final, method=rl, step_label=f"{stages}/{stages}")
+
+
+def serve_and_ask(client: GatewayClient, run: dict[str, Any], prompt: str) -> str:
+    """Serve a run's model (``run:<id>``: its adapter over its base) and ask ``prompt`` through the gateway's
+    ``/v1`` with the official ``openai`` SDK, printing the reply as it streams. Returns the reply."""
+    import openai
+
+    run_id = run.get("run_id")
+    if not run_id:
+        raise HaloError("the DPO run reported no run id; cannot serve it")
+    sdk = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key=client.token or "local", max_retries=0,
+                        timeout=300)
+    model = f"run:{run_id}"
+    console.print(f"[dim]openai.OpenAI(base_url={client.base_url}/v1).chat.completions.create(model={model!r}, "
+                  "stream=True)[/]")
+    console.print(f"[bold]user[/]: {prompt}")
+    console.print("[bold]assistant[/]: ", end="")
+    parts: list[str] = []
+    try:
+        stream = sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                             max_tokens=24, temperature=0, stream=True)
+        for chunk in stream:
+            delta = chunk.choices[0].delta.content if chunk.choices else None
+            if delta:
+                parts.append(delta)
+                console.print(delta, end="", highlight=False, markup=False)
+    except openai.APIError as exc:
+        console.print()
+        raise HaloError(f"serving {model} failed: {exc}") from None
+    console.print()
+    return "".join(parts)
 
 
 def register(app: typer.Typer) -> None:

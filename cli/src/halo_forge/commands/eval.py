@@ -93,6 +93,8 @@ def eval_cmd(
     if result.get("recorded"):
         console.print(f"[dim]{result['recorded']} result(s) recorded on run {result.get('recorded_on')}; "
                       f"summary: {result.get('summary_path')}[/]")
+    elif result.get("record_error"):
+        console.print(f"[yellow]not recorded in the registry: {result['record_error']}[/]")
 
 
 def probe_cmd(
@@ -134,6 +136,7 @@ def passk_cmd(
     verifier: str = typer.Option(None, "--verifier", help="Verifier (default: humaneval / mbpp by row shape)."),
     completions: str = typer.Option(None, "--completions", help="JSONL {task_id, completion} to verify instead of "
                                     "sampling."),
+    no_record: bool = typer.Option(False, "--no-record", help="Do not write results into the registry."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """pass@k (unbiased estimator) with the stage each sample reached, reported separately."""
@@ -145,7 +148,8 @@ def passk_cmd(
     if bad:
         raise HaloError(f"--k {bad[0]} is larger than --n {n}: pass@{bad[0]} needs at least {bad[0]} samples per problem")
     body = {"model": model, "dataset": dataset, "n": n, "k": ks, "temperature": temperature,
-            "max_new_tokens": max_new_tokens, "limit": limit, "verifier": verifier, "completions_file": completions}
+            "max_new_tokens": max_new_tokens, "limit": limit, "verifier": verifier, "completions_file": completions,
+            "record": not no_record}
     result = _submit_and_wait("/api/v1/eval/passk", body, "pass@k", as_json)
     if as_json:
         print(json.dumps(result, indent=2))

@@ -82,6 +82,11 @@ def run_events_filter(run_id: str) -> str:
     return f"{PREFIX}.evt.*.run.{_check(run_id, 'id', _ID_TOKEN)}.*"
 
 
+def runs_events_filter(name: str = "*") -> str:
+    """Filter matching one event kind (``progressed``…, or ``*`` for all) of every run, from any service."""
+    return f"{PREFIX}.evt.*.run.*.{name if name == '*' else _check(name, 'event')}"
+
+
 def service_jobs_filter(service: str) -> str:
     return f"{PREFIX}.job.{_check_service(service)}.>"
 
@@ -256,7 +261,15 @@ EVAL_TASKS = declare("rpc", rpc("eval", "tasks"), "halo.rpc.eval-task-list-reque
 EVAL_CANCEL = declare("rpc", rpc("eval", "cancel"), "halo.rpc.job-ref.v1", "halo.job.status.v1",
                       "Request cancellation of a running or queued eval job.")
 
-# trainer-mlx: declared as it is built.
+# trainer-mlx (same verbs as trainer-torch, so TrainerClient(bus, service="trainer-mlx") works)
+TRAINER_MLX_JOB_TYPES = ("sft", "dpo", "orpo", "rm")
+for _jt in TRAINER_MLX_JOB_TYPES:
+    declare("job", job("trainer-mlx", _jt), "halo.job.envelope.v1", "-", f"Run a {_jt.upper()} training job on MLX.")
+TRAINER_MLX_CANCEL = declare("rpc", rpc("trainer-mlx", "cancel"), "halo.rpc.job-ref.v1", "halo.job.status.v1",
+                             "Request cancellation of a running or queued MLX job.")
+TRAINER_MLX_PREVIEW = declare("rpc", rpc("trainer-mlx", "preview"), "halo.rpc.training-preview-request.v1",
+                              "halo.rpc.training-preview-result.v1",
+                              "Dry run on MLX: validate a spec (refusing what MLX cannot honour) and render samples.")
 
 # data
 DATA_JOB_TYPES = ("data-synthesize", "data-dedup", "data-score", "data-filter", "data-decontaminate", "data-recipe")

@@ -13,7 +13,10 @@ output is registered as a dataset whose id is in the job's summary (``dataset_id
 
 from __future__ import annotations
 
+from typing import Any
+
 from halo_bus import Bus, subjects
+from halo_common.errors import NotFound
 from halo_schemas.data import (
     DATASET_PREFIX,
     DatasetInfo,
@@ -57,3 +60,23 @@ class DataClient:
     async def resolve(self, ref: str) -> DatasetInfo:
         """The registered dataset ``dataset:<id>`` (or a bare id)."""
         return await RegistryClient(self.bus).dataset(ref.removeprefix(DATASET_PREFIX))
+
+
+async def resolve_dataset_refs(bus: Bus, spec: Any) -> Any:
+    """``spec`` with ``data.train`` / ``data.eval`` of the form ``dataset:<id>`` replaced by the registered file's
+    path (a training spec may name a dataset made by the data pipeline). An unknown id is a 404 naming the field;
+    a spec without such references is returned unchanged."""
+    data = getattr(spec, "data", None)
+    if data is None:
+        return spec
+    update: dict[str, str] = {}
+    for field in ("train", "eval"):
+        value = getattr(data, field, None)
+        if isinstance(value, str) and value.startswith(DATASET_PREFIX):
+            try:
+                update[field] = (await RegistryClient(bus).dataset(value.removeprefix(DATASET_PREFIX))).path
+            except NotFound as exc:
+                raise NotFound(str(exc), param=f"data.{field}") from None
+    if not update:
+        return spec
+    return spec.model_copy(update={"data": data.model_copy(update=update)})

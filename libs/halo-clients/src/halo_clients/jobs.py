@@ -149,6 +149,8 @@ class JobsClient:
 # The job types the services of this repository run. A new service adds its line here.
 for _method in subjects.TRAINER_TORCH_JOB_TYPES:
     register_route(_method, "trainer-torch", backend="torch")
+for _method in subjects.TRAINER_MLX_JOB_TYPES:
+    register_route(_method, "trainer-mlx", backend="mlx")
 register_route("generate", "rollout")
 for _eval_type in subjects.EVAL_JOB_TYPES:
     register_route(_eval_type, "eval")

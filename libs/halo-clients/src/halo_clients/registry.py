@@ -77,8 +77,10 @@ class RegistryClient:
     async def get(self, run_id: str) -> RunDetail:
         return await self.bus.request(subjects.REGISTRY_RUN_GET, RunRef(run_id=run_id), RunDetail, self.timeout)
 
-    async def metrics(self, run_id: str, names: Sequence[str] = (), max_points: int = 1000) -> RunMetrics:
-        req = RunMetricsRequest(run_id=run_id, names=list(names), max_points=max_points)
+    async def metrics(self, run_id: str, names: Sequence[str] = (), max_points: int = 1000,
+                      step_min: int | None = None, step_max: int | None = None) -> RunMetrics:
+        req = RunMetricsRequest(run_id=run_id, names=list(names), max_points=max_points, step_min=step_min,
+                                step_max=step_max)
         return await self.bus.request(subjects.REGISTRY_RUN_METRICS, req, RunMetrics, self.timeout)
 
     async def compare(self, run_ids: Sequence[str], metrics: Sequence[str] = (), max_points: int = 500) -> RunComparison:

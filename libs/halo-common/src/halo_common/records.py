@@ -8,6 +8,13 @@ is queued (``limit=`` reads only the first records) and trainer-torch, which rea
     fmt = detect_format(record)            # "messages", "alpaca", "sharegpt", ... or None
     canonical, problems = normalize_record(record, fmt, "chat.jsonl:3")       # alpaca/sharegpt -> canonical
 
+The data pipeline streams instead (files larger than memory): :func:`iter_records` yields ``(record, source)``
+from JSONL, JSON, Parquet or text one at a time, :class:`RecordWriter` writes JSONL/JSON/Parquet row by row (renamed
+into place when complete), :func:`record_text` picks the text a step looks at (a key, or by format)::
+
+    for record, src in iter_records(Path("big.parquet")):
+        text = record_text(record, None, src)
+
 A malformed line is reported at its place in the *file* (``data.jsonl:7:12: invalid JSON: Expecting ','
 delimiter``), never at the decoder's position inside one line. A record whose format cannot be told is
 reported once, with the fields it has (:func:`format_problem`).

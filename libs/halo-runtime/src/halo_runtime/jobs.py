@@ -34,12 +34,12 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from halo_bus import Bus, subjects
-from halo_common.errors import HaloError, Unavailable
+from halo_common.errors import HaloError, NotFound, Unavailable
 from halo_common.ids import new_id
 from halo_schemas.base import UserInput, utcnow
 from halo_schemas.events import RunEvent, RunFinished
@@ -172,6 +172,19 @@ async def request_cancel(bus: Bus, job_id: str) -> JobStatus | None:
         return status
     status = status.model_copy(update={"cancel_requested": True, "updated_at": utcnow()})
     await bus.kv_put(subjects.KV_JOB_STATE, job_id, status)
+    return status
+
+
+async def cancel_job(bus: Bus, running: Mapping[str, JobLifecycle], job_id: str) -> JobStatus:
+    """A service's ``cancel`` RPC: stop the job at once when it runs here, else record the request in KV (the
+    worker running it, or the one that picks it up, stops it). NotFound for an unknown job."""
+    job = running.get(job_id)
+    if job is not None:
+        job.cancel()
+        return await job.write_status()
+    status = await request_cancel(bus, job_id)
+    if status is None:
+        raise NotFound(f"no job {job_id!r}", param="job_id")
     return status
 
 

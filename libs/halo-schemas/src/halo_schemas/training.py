@@ -390,6 +390,24 @@ class TrainingSummary(Message):
     attempts: int = Field(default=1, ge=1, description="How many times a worker started the job.")
     trainable_parameters: int | None = Field(default=None, description="Parameters updated by the optimizer.")
     total_parameters: int | None = Field(default=None, description="All model parameters.")
+    model_flops_per_token: float | None = Field(
+        default=None, description="Model FLOPs per trained token of a training step (6N + attention for full "
+        "finetuning, 4N + 6A + attention for adapters, plus any reference forward; halo_training.flops)."
+    )
+    model_flops_per_second: float | None = Field(
+        default=None, description="Achieved model FLOPs/s of the last attempt's training loop (model_flops_per_token "
+        "x tokens / seconds)."
+    )
+    peak_flops_per_second: float | None = Field(
+        default=None, description="Peak FLOP/s of the device in the training dtype: a datasheet table for GPUs, a "
+        "measured dense matmul for CPUs and unknown devices (per device, all ranks together)."
+    )
+    peak_flops_source: str | None = Field(
+        default=None, description="Where the peak came from: 'table:<device>' or 'measured:<dtype> matmul'."
+    )
+    mfu: float | None = Field(
+        default=None, description="Model FLOPs utilisation: model_flops_per_second / peak_flops_per_second."
+    )
     outputs: dict[str, str] = Field(default_factory=dict, description="Artifact name -> path (adapter, final, ...).")
     extras: dict[str, Any] = Field(default_factory=dict, description="Method-specific results (reward accuracy, samples, ...).")
     started_at: datetime | None = Field(default=None, description="UTC start of the first attempt.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from halo_common.errors import BadRequest
@@ -24,11 +25,35 @@ from halo_schemas.methods import TRAINING_JOB_SPECS
 from halo_schemas.training import TrainingSummary, TrainSpecBase
 from pydantic import ValidationError
 
+from halo_training.data import TrainingData
+from halo_training.flops import mfu
+from halo_training.reporting import JobControl, Reporter
 from halo_training.rundir import RunDir
 
 
 class Preempted(Exception):
     """The job stopped for a service shutdown after writing a checkpoint; redeliver it to resume."""
+
+
+@dataclass
+class JobContext:
+    """Everything a recipe needs, built by a trainer's ``run_job``. ``resolved`` is that trainer's own resolved
+    settings (dtype, learning rate, model path... for its backend)."""
+
+    method: str
+    spec: TrainSpecBase
+    resolved: Any
+    data: TrainingData
+    run: RunDir
+    reporter: Reporter
+    control: JobControl
+    resume_from: Path | None = None
+    run_id: str | None = None
+    job_id: str | None = None
+
+    @property
+    def has_eval(self) -> bool:
+        return bool(self.data.eval)
 
 
 @dataclass
@@ -46,6 +71,9 @@ class RecipeResult:
     resumed_from_step: int | None = None
     train_seconds: float = 0.0  # training-loop wall time of this attempt
     attempt_tokens: int = 0  # tokens trained in this attempt
+    flops_per_token: float | None = None  # model FLOPs per trained token (halo_training.flops)
+    peak_flops: float | None = None  # device peak FLOP/s in the training dtype (all devices of the run)
+    peak_source: str | None = None  # "table:<device>" | "measured:<dtype> matmul"
     outputs: dict[str, str] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -102,6 +130,17 @@ def record_attempt(run: RunDir, started_at: datetime, duration_s: float, attempt
     run.write_json("attempts.json", {"started_at": started_at.isoformat(), "duration_s": duration_s, "attempts": attempt})
 
 
+def _flops(result: RecipeResult | None) -> dict[str, Any]:
+    """The summary's model FLOPs fields: per token, achieved FLOP/s of the attempt, peak and MFU."""
+    if result is None or not result.flops_per_token:
+        return {}
+    achieved = (result.flops_per_token * result.attempt_tokens / result.train_seconds
+                if result.train_seconds > 0 and result.attempt_tokens > 0 else None)
+    return {"model_flops_per_token": result.flops_per_token, "model_flops_per_second": achieved,
+            "peak_flops_per_second": result.peak_flops, "peak_flops_source": result.peak_source,
+            "mfu": mfu(achieved, result.peak_flops)}
+
+
 def summarize(run: RunDir, method: str, spec: TrainSpecBase | None, *, service: str, backend: str | None,
               state: JobState, run_id: str, job_id: str | None, result: RecipeResult | None, failure: str | None,
               started_at: datetime, duration_s: float, attempt: int, write: bool = True) -> TrainingSummary:
@@ -121,7 +160,7 @@ def summarize(run: RunDir, method: str, spec: TrainSpecBase | None, *, service: 
         trainable_parameters=result.trainable_parameters if result else None,
         total_parameters=result.total_parameters if result else None,
         outputs=result.outputs if result else {}, extras=result.extras if result else {},
-        started_at=started_at, **stats,  # type: ignore[arg-type]
+        started_at=started_at, **_flops(result), **stats,  # type: ignore[arg-type]
     )
     if write:
         run.write_json("training_summary.json", summary.model_dump(mode="json"))

@@ -159,6 +159,20 @@ class PreferenceEncoder:
         return EncodedPair(prompt_ids, chosen_ids[:room], rejected_ids[:room], truncated)
 
 
+def encode_pairs(tokenizer: Any, records: list[Any], max_length: int) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
+    """prompt_ids / chosen_ids / rejected_ids rows; pairs whose prompt fills max_length are dropped."""
+    enc = PreferenceEncoder(tokenizer, max_length)
+    rows, dropped, truncated = [], 0, 0
+    for rec in records:
+        e = enc.encode(rec.record)
+        if e is None or not e.chosen_ids or not e.rejected_ids:
+            dropped += 1
+            continue
+        truncated += e.truncated
+        rows.append({"prompt_ids": e.prompt_ids, "chosen_ids": e.chosen_ids, "rejected_ids": e.rejected_ids})
+    return rows, {"records": len(rows), "dropped_records": dropped, "truncated_records": truncated}
+
+
 def segments(tokenizer: Any, ids: list[int], trained: list[bool]) -> list[TokenSegment]:
     """Group consecutive tokens with the same trained flag and decode each group."""
     out: list[TokenSegment] = []

@@ -20,8 +20,8 @@ from halo_bus import subjects
 from halo_bus.api import JobDelivery
 from halo_clients import RegistryClient
 from halo_clients.data import SPEC_OF
-from halo_common.errors import BadRequest, HaloError, NotFound
-from halo_runtime.jobs import JobLifecycle, admit, finish_without_running, request_cancel
+from halo_common.errors import BadRequest, HaloError
+from halo_runtime.jobs import JobLifecycle, admit, cancel_job, finish_without_running
 from halo_schemas.base import describe_validation_error
 from halo_schemas.data import DATASET_PREFIX, DatasetRegisterRequest, InspectReport, InspectRequest, RecipeSpec
 from halo_schemas.events import RunArtifactAdded, RunProgressed, RunStarted
@@ -57,14 +57,7 @@ async def inspect(svc: DataService, req: InspectRequest) -> InspectReport:
 
 
 async def cancel(svc: DataService, req: JobRef) -> JobStatus:
-    job = svc.running.get(req.job_id)
-    if job is not None:
-        job.cancel()
-        return await job.write_status()
-    status = await request_cancel(svc.bus, req.job_id)
-    if status is None:
-        raise NotFound(f"no job {req.job_id!r}", param="job_id")
-    return status
+    return await cancel_job(svc.bus, svc.running, req.job_id)
 
 
 async def register(svc: DataService, result: StepResult, *, run_id: str, params: Any, parents: list[str],

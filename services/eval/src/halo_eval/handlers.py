@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from halo_bus import subjects
 from halo_bus.api import JobDelivery
 from halo_clients import RegistryClient, RolloutClient, VerifierClient
-from halo_common.errors import BadRequest, HaloError, NotFound
-from halo_runtime.jobs import JobLifecycle, admit, finish_without_running, request_cancel
+from halo_common.errors import BadRequest, HaloError, NotFound, Unavailable
+from halo_runtime.jobs import JobLifecycle, admit, cancel_job, finish_without_running
 from halo_schemas.base import describe_validation_error
 from halo_schemas.eval import (
     EvalCheck,
@@ -71,14 +71,7 @@ async def task_list(svc: Eval, req: EvalTaskListRequest) -> EvalTaskList:
 
 
 async def cancel(svc: Eval, ref: JobRef) -> JobStatus:
-    job = svc.running.get(ref.job_id)
-    if job is not None:
-        job.cancel()
-        return await job.write_status()
-    status = await request_cancel(svc.bus, ref.job_id)
-    if status is None:
-        raise NotFound(f"no job {ref.job_id!r}", param="job_id")
-    return status
+    return await cancel_job(svc.bus, svc.running, ref.job_id)
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -90,21 +83,29 @@ async def served_url(svc: Eval) -> str:
     return info.url.rstrip("/") + "/v1"
 
 
-async def record(svc: Eval, run_id: str, rows: list[dict[str, Any]], source: str) -> int:
-    """Write results on ``run_id`` in the registry, waiting briefly for the registry to know a new run."""
+async def record(svc: Eval, run_id: str, rows: list[dict[str, Any]], source: str) -> dict[str, Any]:
+    """Write results on ``run_id`` in the registry, waiting briefly for the registry to know a new run.
+
+    The numbers are already in the run dir: a registry that is down (or a run it does not know) is reported
+    in the job's summary (``record_error``) instead of failing an evaluation that succeeded.
+    """
     if not rows:
-        return 0
+        return {"recorded": 0, "recorded_on": run_id}
     client = RegistryClient(svc.bus)
     results = [EvalResultIn(**r) for r in rows]
     deadline = time.monotonic() + svc.settings.record_wait_s
     while True:
         try:
-            return (await client.record_eval(run_id, results, source=source)).recorded
-        except NotFound:
+            n = (await client.record_eval(run_id, results, source=source)).recorded
+            return {"recorded": n, "recorded_on": run_id}
+        except NotFound as exc:
             # The registry creates a run from its `started` event; it may not have ingested it yet.
             if time.monotonic() > deadline:
-                raise
+                return {"recorded": 0, "recorded_on": run_id, "record_error": str(exc)}
             await asyncio.sleep(0.3)
+        except Unavailable as exc:
+            log.warning("results of %s not recorded: %s", run_id, exc)
+            return {"recorded": 0, "recorded_on": run_id, "record_error": str(exc)}
 
 
 def _run_eval_dir(svc: Eval, run_id: str) -> Path:
@@ -239,10 +240,9 @@ async def _job_lm_eval(svc: Eval, job: JobLifecycle, env: JobEnvelope, spec: Eva
     summary = await _lm_eval(svc, job, spec, out_dir)
     rows = lmeval.eval_results(summary, {"eval_run_id": env.run_id, "model": spec.model, "backend": spec.backend})
     svc.metrics.results.labels("lm-eval").inc(len(rows))
-    target = _target_run(spec, env)
-    recorded = await record(svc, target, rows, source="eval") if spec.record else 0
+    recorded = await record(svc, _target_run(spec, env), rows, source="eval") if spec.record else {"recorded": 0}
     return {"tasks": _compact(summary), "summary_path": str(out_dir / "lm_eval_summary.json"),
-            "lm_eval_version": summary["lm_eval_version"], "recorded": recorded, "recorded_on": target}
+            "lm_eval_version": summary["lm_eval_version"], **recorded}
 
 
 async def _job_probe(svc: Eval, job: JobLifecycle, env: JobEnvelope, spec: ProbeJobSpec, out_dir: Path) -> dict[str, Any]:
@@ -254,8 +254,8 @@ async def _job_probe(svc: Eval, job: JobLifecycle, env: JobEnvelope, spec: Probe
         svc.metrics.regressions.inc()
     if spec.record:
         rows = lmeval.eval_results(summary, {"eval_run_id": env.run_id, "probe_step": spec.step})
-        await record(svc, _target_run(spec, env), rows, source="probe")
-    result = {"tasks": _compact(summary), "step": spec.step,
+        recorded = await record(svc, _target_run(spec, env), rows, source="probe")
+    result = {**(recorded if spec.record else {}), "tasks": _compact(summary), "step": spec.step,
               "probe": report.to_json() if report is not None else {"ok": True, "baseline": None}}
     (out_dir / "probe.json").write_text(json.dumps(result, indent=2))
     return result
@@ -315,10 +315,10 @@ async def _job_passk(svc: Eval, job: JobLifecycle, env: JobEnvelope, spec: PassK
                 for k, v in report.pass_at.items()]
     rows_reg += [{"task": task, "metric": f"stage_{s}_rate", "value": v, "num_samples": report.samples,
                   "details": {"n": spec.n, "eval_run_id": env.run_id}} for s, v in report.stage_rates.items()]
-    recorded = await record(svc, _target_run(spec, env), rows_reg, source="eval") if spec.record else 0
+    recorded = await record(svc, _target_run(spec, env), rows_reg, source="eval") if spec.record else {"recorded": 0}
     svc.metrics.results.labels("passk").inc(len(rows_reg))
     return {"pass_at": data["pass_at"], "stage_rates": data["stage_rates"], "problems": data["problems"],
-            "n": spec.n, "samples": data["samples"], "samples_path": str(samples_path), "recorded": recorded}
+            "n": spec.n, "samples": data["samples"], "samples_path": str(samples_path), **recorded}
 
 
 def _read_completions(path: str, n: int) -> dict[str, list[str]]:

@@ -25,6 +25,10 @@ class GatewaySettings(HaloSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Browser origins allowed to call the API (comma separated); none: no CORS.")
     rpc_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of bus requests made for a route.")
+    session_ttl_s: float = Field(default=12 * 3600, gt=0, description="Lifetime of a dashboard sign-in (the "
+                                 "browser session cookie), in seconds from sign-in.")
+    telemetry_interval_s: float = Field(default=1.0, ge=0.1, le=60, description="Period of the live telemetry "
+                                        "stream (GET /api/v1/telemetry/stream), in seconds.")
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="When exposed (non-loopback host): directories, besides HALO_HOME, that "
         "job specs may read data and models from (colon or comma separated); any other local path is refused.")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -115,10 +116,15 @@ async def run_job(svc: Sweeps, delivery: JobDelivery[JobEnvelope]) -> None:
     job.emit("started", RunStarted, method="sweep", base_model=spec.sweep.base.get("model"), backend=None,
              spec=env.spec, total_steps=total, resumed_from_step=None)
 
+    reporting: set[asyncio.Task[None]] = set()
+
     async def after_trial(trial: FrozenTrial, study: optuna.Study) -> None:
         outcome = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, "failed")
         svc.metrics.trials.labels(outcome).inc()
-        await report_progress(svc, job, spec.sweep_id, study, total)
+        # Off the critical path: the next trial is asked and submitted while the registry is told.
+        task = asyncio.get_running_loop().create_task(report_progress(svc, job, spec.sweep_id, study, total))
+        reporting.add(task)
+        task.add_done_callback(reporting.discard)
 
     coordinator = Coordinator(svc.storage, spec.sweep_id, BusTrials(svc.bus, s.rpc_timeout_s),
                               cancelled=lambda: job.cancel_requested, stopping=svc.stopping.is_set,
@@ -128,7 +134,10 @@ async def run_job(svc: Sweeps, delivery: JobDelivery[JobEnvelope]) -> None:
     svc.metrics.running.inc()
     try:
         outcome = await coordinator.run()
-    except Exception as exc:
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # cancelled (shutdown): the sweep is redelivered and resumed
+            job.stop_heartbeat()
+            raise
         log.exception("sweep %s: coordinator failed", spec.sweep_id)
         await job.finish(JobState.FAILED, error=f"{type(exc).__name__}: {exc}",
                          summary={"duration_s": time.monotonic() - started})
@@ -136,6 +145,8 @@ async def run_job(svc: Sweeps, delivery: JobDelivery[JobEnvelope]) -> None:
     finally:
         svc.coordinators.pop(env.job_id, None)
         svc.metrics.running.dec()
+    if reporting:
+        await asyncio.gather(*reporting, return_exceptions=True)
     if outcome == "stopping":
         await job.requeue("service stopping; the sweep resumes on the next coordinator")
         raise RuntimeError(f"sweep {spec.sweep_id} left for redelivery")
@@ -153,7 +164,14 @@ async def run_job(svc: Sweeps, delivery: JobDelivery[JobEnvelope]) -> None:
 
 async def report_progress(svc: Sweeps, job: JobLifecycle, sweep_id: str, study: optuna.Study, total: int) -> None:
     """After a trial: the coordinator run's progress (trials done, best value) and the registry's best mark."""
-    trials = study.get_trials(deepcopy=False)
+    try:
+        await _report_progress(svc, job, sweep_id, study, total)
+    except Exception:  # reporting must not stop the sweep
+        log.exception("sweep %s: reporting progress failed", sweep_id)
+
+
+async def _report_progress(svc: Sweeps, job: JobLifecycle, sweep_id: str, study: optuna.Study, total: int) -> None:
+    trials = await asyncio.to_thread(study.get_trials, False)
     done = sum(1 for t in trials if st.counts_toward_budget(t))
     metrics = {f"trials_{k}": float(sum(1 for t in trials if t.state == v and not t.user_attrs.get(st.T_ABANDONED)))
                for k, v in (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED),

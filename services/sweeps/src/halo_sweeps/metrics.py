@@ -7,8 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 class SweepsMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("halo_sweeps_requests_total", "Requests handled by sweeps", ["verb"],
-                                registry=registry)
+        # RPCs are counted by the runtime (halo_rpc_requests_total{verb}); these are the sweeps' own.
         self.trials = Counter("halo_sweeps_trials_total", "Sweep trials that ended, by outcome", ["outcome"],
                               registry=registry)
         self.running = Gauge("halo_sweeps_coordinators_running", "Sweeps coordinated by this process now",

@@ -67,8 +67,8 @@ class Sweeps(Service):
         return {"database": "ok"}
 
     async def drain(self) -> None:
+        # The job consumer has already cancelled the coordinators (their sweeps stay unacknowledged and are
+        # redelivered); this stops any that is between two awaits.
         self.stopping.set()
         for _job, coordinator in list(self.coordinators.values()):
             coordinator.wake()
-        while self.coordinators:
-            await asyncio.sleep(0.1)

@@ -14,10 +14,8 @@ from halo_common.backend import detect_backend
 from halo_schemas.training import PreviewRequest, PreviewResult, TrainingSummary
 from halo_training.jobs import TrainerService, TrainingJobExecution
 
-from halo_trainer_torch import __version__
+from halo_trainer_torch import __version__, handlers
 from halo_trainer_torch.core.policy import spec_guard
-from halo_trainer_torch.core.preview import preview_job
-from halo_trainer_torch.jobs import run_execution
 from halo_trainer_torch.settings import TrainerTorchSettings
 
 METHODS = ("sft", "dpo", "orpo", "rm", "grpo", "raft")
@@ -38,7 +36,7 @@ class TrainerTorch(TrainerService):
         return {"backend": "ok" if detect_backend() != "mlx" else "mlx: use trainer-mlx"}
 
     def train(self, execution: TrainingJobExecution) -> TrainingSummary:
-        return run_execution(execution, self.guard)
+        return handlers.train(self, execution)
 
     def preview(self, req: PreviewRequest) -> PreviewResult:
-        return preview_job(req.method, req.spec, req.num_samples, self.guard)
+        return handlers.preview(self, req)

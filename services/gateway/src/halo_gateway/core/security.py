@@ -6,9 +6,12 @@ One ASGI middleware (:class:`SecurityMiddleware`) runs these checks, in this ord
    (``localhost``, 127.0.0.0/8, ``::1``), the bind address, a name in ``HALO_GATEWAY_ALLOWED_HOSTS``
    (``*`` accepts any) and, when the gateway is exposed, this machine's host name or any IP literal
    (a rebinding attack always arrives with the attacker's *domain name*). Else 400.
-2. **Token**: required on every route but ``/health`` when the gateway is exposed (bound to anything but
-   loopback — decided by the bind setting, never by the peer's address), when ``HALO_GATEWAY_TOKEN`` is
-   set, or when the token store holds tokens. Else 401 with ``WWW-Authenticate: Bearer``.
+2. **Token**: required on every route but the public ones (``/health``, the dashboard's static files and
+   its sign-in route) when the gateway is exposed (bound to anything but loopback — decided by the bind
+   setting, never by the peer's address), when ``HALO_GATEWAY_TOKEN`` is set, or when the token store holds
+   tokens. Else 401 with ``WWW-Authenticate: Bearer``. A browser signed in through ``/api/v1/auth/session``
+   sends its session cookie instead (:mod:`halo_gateway.core.sessions`); such a request that changes state
+   must carry the session's CSRF secret in ``X-Halo-CSRF``, else 403.
 3. **Origin**: a state-changing request (POST/PUT/PATCH/DELETE) that a browser marked with an ``Origin``
    must come from this gateway's own origin or one in ``HALO_GATEWAY_CORS_ORIGINS``. Else 403.
 4. **Content type**: a state-changing request with a body must send a type its operation declares in the
@@ -33,11 +36,23 @@ from fastapi.responses import JSONResponse
 from halo_common.errors import BadRequest, Forbidden, HaloError
 from halo_common.tokens import TokenStore, bootstrap_exposed_token, hash_token, is_loopback_host
 from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from halo_gateway.core.sessions import (
+    CSRF_COOKIE,
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    Session,
+    SessionStore,
+    SignInThrottle,
+    csrf_matches,
+)
 from halo_gateway.settings import GatewaySettings
 
-PUBLIC_PATHS = frozenset({"/health"})
+#: Reachable without a token: probes, the dashboard's page and static files (no data in them), and sign-in.
+PUBLIC_PATHS = frozenset({"/health", "/", "/favicon.svg", "/api/v1/auth/session"})
+PUBLIC_PREFIXES = ("/assets/",)
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_TYPES = ("application/json",)
 _WILDCARD_BINDS = ("0.0.0.0", "::", "")
@@ -91,6 +106,8 @@ class GatewaySecurity:
             names.add(socket.gethostname().lower())
             names.add(socket.gethostname().lower().split(".")[0])
         self.allowed_hosts = frozenset(names)
+        self.sessions = SessionStore(settings.session_ttl_s)
+        self.throttle = SignInThrottle()
 
     # -- tokens ------------------------------------------------------------------------------------------
     def bootstrap(self, out: IO[str] | None = None) -> str | None:
@@ -118,6 +135,28 @@ class GatewaySecurity:
         stored = self.store.verify(token) is not None
         return configured or stored
 
+    def verify_token(self, token: str) -> tuple[str, str] | None:
+        """``(digest, name)`` when ``token`` is the configured one (name ``configured``) or a stored one."""
+        digest = hash_token(token)
+        if self._configured is not None and hmac.compare_digest(digest, self._configured):
+            return digest, "configured"
+        record = self.store.verify(token)
+        return (digest, record.name) if record is not None else None
+
+    def digest_valid(self, digest: str) -> bool:
+        """True while a token with this digest is still accepted (a revoked one is not)."""
+        if self._configured is not None and hmac.compare_digest(digest, self._configured):
+            return True
+        return any(hmac.compare_digest(r.sha256, digest) for r in self.store.list())
+
+    def session_of(self, cookies: dict[str, str]) -> Session | None:
+        """The live session named by the ``halo_session`` cookie; one whose token was revoked is ended."""
+        session = self.sessions.get(cookies.get(SESSION_COOKIE))
+        if session is not None and not self.digest_valid(session.token_digest):
+            self.sessions.end(session.id)
+            return None
+        return session
+
     # -- browsers ----------------------------------------------------------------------------------------
     def host_allowed(self, host_header: str | None) -> bool:
         if not host_header:
@@ -143,11 +182,19 @@ class GatewaySecurity:
         if not self.host_allowed(host):
             return BadRequest(f"Host {host!r} is not an accepted name for this gateway; add it to "
                               "HALO_GATEWAY_ALLOWED_HOSTS if it is yours", param="Host")
-        if scope["path"] not in PUBLIC_PATHS and self.auth_required() and not self.authenticate(
-                headers.get("authorization")):
-            return Unauthorized("missing or invalid bearer token: send 'Authorization: Bearer <token>' (CLI: set "
-                                "HALO_TOKEN; create one with `halo-forge tokens create`)", param="Authorization")
         method = scope["method"]
+        if not is_public(scope["path"]) and self.auth_required() and not self.authenticate(
+                headers.get("authorization")):
+            cookies = cookie_parser(headers.get("cookie", ""))
+            session = self.session_of(cookies)
+            if session is None:
+                return Unauthorized("missing or invalid bearer token: send 'Authorization: Bearer <token>' (CLI: "
+                                    "set HALO_TOKEN; create one with `halo-forge tokens create`; a browser signs in "
+                                    "on the dashboard's Connection page)", param="Authorization")
+            if method in STATE_CHANGING and not csrf_matches(session, headers.get(CSRF_HEADER),
+                                                             cookies.get(CSRF_COOKIE)):
+                return Forbidden(f"{method} with a session cookie needs the X-Halo-CSRF header (the value of the "
+                                 f"{CSRF_COOKIE} cookie)", param="X-Halo-CSRF")
         if method not in STATE_CHANGING:
             return None
         origin = headers.get("origin")
@@ -164,6 +211,11 @@ class GatewaySecurity:
             return UnsupportedMediaType(f"{method} {scope['path']} takes {' or '.join(allowed)}, not "
                                         f"{given or 'a body without Content-Type'}", param="Content-Type")
         return None
+
+
+def is_public(path: str) -> bool:
+    """True for the routes anyone may reach (still behind the Host check): see :data:`PUBLIC_PATHS`."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def _has_body(headers: Headers) -> bool:

@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from halo_bus import Bus, subjects
 from halo_bus.api import EventRecord
 from halo_clients import JobsClient, RegistryClient, TrainerClient
+from halo_clients.data import resolve_dataset_refs
 from halo_common.errors import BadRequest, HaloError, NotFound
 from halo_common.ids import validate_id
 from halo_schemas.base import describe_validation_error
@@ -77,7 +78,7 @@ async def submit_job(request: Request, method: str = METHOD, body: dict[str, Any
     data roots) and a preflight (404 ``model not found``, 422 unreadable data), record the job as queued and
     enqueue it for the trainer that serves the spec's ``backend`` (the routing table of
     :mod:`halo_clients.jobs`)."""
-    spec = _spec(method, body)
+    spec = await resolve_dataset_refs(bus, _spec(method, body))  # data.train: dataset:<id> -> its registered path
     check_job(spec, request.app.state.settings, preflight=True)
     jobs = JobsClient(bus, timeout=request.app.state.settings.rpc_timeout_s)
     return await jobs.submit(await jobs.route(method, spec.backend), spec, total_steps=spec.max_steps)
@@ -88,7 +89,7 @@ async def preview_job(request: Request, method: str = METHOD, body: dict[str, An
                       samples: int = Query(1, ge=1, le=20, description="Records to render."),
                       bus: Bus = Depends(get_bus)) -> PreviewResult:
     """Dry run on a trainer: data validation, resolved settings and rendered samples (trained vs masked)."""
-    spec = _spec(method, body)
+    spec = await resolve_dataset_refs(bus, _spec(method, body))
     check_job(spec, request.app.state.settings, preflight=False)  # the trainer's dry run reports data problems
     route = await JobsClient(bus).route(method, spec.backend)
     timeout = max(request.app.state.settings.rpc_timeout_s, 120.0)  # may build a tokenizer / read a big file

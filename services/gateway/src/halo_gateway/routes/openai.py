@@ -18,17 +18,10 @@ import time
 import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from halo_bus import Bus, subjects
+from halo_bus import Bus
+from halo_clients.serve import ServeClient
 from halo_common.errors import HaloError
-from halo_schemas.serve import (
-    ServeInfo,
-    ServeInfoRequest,
-    ServeListRequest,
-    ServeLoadRequest,
-    ServeModel,
-    ServeModelList,
-    ServeUnloadRequest,
-)
+from halo_schemas.serve import ServeLoadRequest, ServeModel, ServeModelList
 from starlette.background import BackgroundTask
 
 from halo_gateway.app import get_bus
@@ -51,7 +44,7 @@ class _ServeLocator:
 
     async def get(self, bus: Bus, refresh: bool = False) -> str:
         if refresh or self.url is None or time.monotonic() - self.at > _URL_TTL_S:
-            info = await bus.request(subjects.SERVE_INFO, ServeInfoRequest(), ServeInfo, timeout=10.0)
+            info = await ServeClient(bus).info()
             self.url, self.at = info.url.rstrip("/"), time.monotonic()
         return self.url
 
@@ -97,17 +90,20 @@ async def proxy(path: str, request: Request, bus: Bus = Depends(get_bus)) -> obj
 _LOAD_TIMEOUT_S = 900.0
 
 
+def _serve(bus: Bus) -> ServeClient:
+    return ServeClient(bus, timeout=10.0, load_timeout=_LOAD_TIMEOUT_S)
+
+
 @router.get("/api/v1/serve/models", tags=["serve"])
 async def serve_models(bus: Bus = Depends(get_bus)) -> ServeModelList:
-    return await bus.request(subjects.SERVE_LIST, ServeListRequest(), ServeModelList, timeout=10.0)
+    return await _serve(bus).list()
 
 
 @router.post("/api/v1/serve/models", tags=["serve"])
 async def serve_load(body: ServeLoadRequest, bus: Bus = Depends(get_bus)) -> ServeModel:
-    return await bus.request(subjects.SERVE_LOAD, body, ServeModel, timeout=_LOAD_TIMEOUT_S)
+    return await _serve(bus).load(body)
 
 
 @router.delete("/api/v1/serve/models/{model_id:path}", tags=["serve"])
 async def serve_unload(model_id: str, forget: bool = False, bus: Bus = Depends(get_bus)) -> ServeModelList:
-    return await bus.request(subjects.SERVE_UNLOAD, ServeUnloadRequest(id=model_id, forget=forget), ServeModelList,
-                             timeout=60.0)
+    return await _serve(bus).unload(model_id, forget=forget)

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from halo_bus import Bus, subjects
+from halo_bus import Bus
+from halo_clients import JobsClient, RolloutClient
 from halo_common.errors import BadRequest, NotFound
-from halo_common.ids import new_id, validate_id
+from halo_common.ids import validate_id
 from halo_schemas.base import describe_validation_error
-from halo_schemas.jobs import JobEnvelope, JobState, JobStatus, JobSubmitted
+from halo_schemas.jobs import JobStatus, JobSubmitted
 from halo_schemas.rollout import RolloutJobSpec, RolloutLoaded, RolloutLoadRequest, RolloutRequest, RolloutResult
 from pydantic import BaseModel, ValidationError
 
@@ -45,32 +46,27 @@ def _timeout(request: Request) -> float:
 async def generate(body: RolloutRequest, request: Request, bus: Bus = Depends(get_bus)) -> RolloutResult:
     """Sample ``n`` completions for each prompt (one instance of the rollout service answers)."""
     await _strict(RolloutRequest, request)
-    return await bus.request(subjects.ROLLOUT_GENERATE, body, RolloutResult, timeout=_timeout(request))
+    return await RolloutClient(bus, timeout=_timeout(request)).generate(body)
 
 
 @router.post("/api/v1/rollout/load", response_model=RolloutLoaded)
 async def load(body: RolloutLoadRequest, request: Request, bus: Bus = Depends(get_bus)) -> RolloutLoaded:
     """Load a model (+ adapter) into the rollout cache, or re-read its weights (``reload``)."""
     await _strict(RolloutLoadRequest, request)
-    return await bus.request(subjects.ROLLOUT_LOAD, body, RolloutLoaded, timeout=_timeout(request))
+    return await RolloutClient(bus, timeout=_timeout(request)).load(body)
 
 
 @router.post("/api/v1/rollout/jobs", response_model=JobSubmitted, status_code=202)
 async def submit_job(spec: RolloutJobSpec, bus: Bus = Depends(get_bus)) -> JobSubmitted:
     """Enqueue a large rollout; follow it with the run's events (the output JSONL path is in them)."""
-    job_id, run_id = new_id("job"), new_id("run")
-    env = JobEnvelope(job_id=job_id, run_id=run_id, job_type="generate", spec_schema=RolloutJobSpec.schema_id,
-                      spec=spec.model_dump(mode="json"))
-    status = JobStatus(job_id=job_id, run_id=run_id, job_type="generate", service="rollout", state=JobState.QUEUED)
-    await bus.kv_put(subjects.KV_JOB_STATE, job_id, status)
-    await bus.submit_job(subjects.ROLLOUT_JOB, env, msg_id=job_id)
-    return JobSubmitted(job_id=job_id, run_id=run_id)
+    jobs = JobsClient(bus)
+    return await jobs.submit(await jobs.route("generate"), spec)
 
 
 @router.get("/api/v1/rollout/jobs/{job_id}", response_model=JobStatus)
 async def job_status(job_id: str, bus: Bus = Depends(get_bus)) -> Any:
     """Current state of a rollout job (a malformed id is a 400 naming ``job_id``)."""
-    status = await bus.kv_get(subjects.KV_JOB_STATE, validate_id(job_id, "job_id"), JobStatus)
-    if status is None or status.service != "rollout":
+    status = await JobsClient(bus).status(validate_id(job_id, "job_id"))
+    if status.service != "rollout":
         raise NotFound(f"no rollout job {job_id!r}", param="job_id")
     return status

@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 import anyio
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import FileResponse
-from halo_bus import Bus, subjects
+from halo_bus import Bus
+from halo_clients import RegistryClient
 from halo_common.errors import BadRequest, Unavailable
 from halo_common.ids import validate_id
 from halo_schemas.base import describe_validation_error
@@ -39,7 +40,6 @@ from halo_schemas.registry import (
     EvalGridRequest,
     EvalRecorded,
     EvalRecordRequest,
-    RunBundle,
     RunBundleRequest,
     RunCompareRequest,
     RunComparison,
@@ -49,11 +49,9 @@ from halo_schemas.registry import (
     RunDeleteRequest,
     RunDetail,
     RunImported,
-    RunImportRequest,
     RunMetrics,
     RunMetricsRequest,
     RunNoteRequest,
-    RunRef,
     RunSearch,
     RunsPage,
     RunSummary,
@@ -97,42 +95,43 @@ def from_query(request: Request, model: type[M], *, rename: dict[str, str] | Non
     return validate(model, {**data, **fixed}, "query")
 
 
-async def call(request: Request, bus: Bus, subject: str, msg: BaseModel, reply: type[R], long: bool = False) -> R:
+def registry(request: Request, bus: Bus) -> RegistryClient:
+    """The registry's typed client with this gateway's timeouts (bundles and imports copy files: longer)."""
     timeout = request.app.state.settings.rpc_timeout_s
-    return await bus.request(subject, msg, reply, timeout=max(timeout, LONG_TIMEOUT_S) if long else timeout)
+    return RegistryClient(bus, timeout=timeout, long_timeout=max(timeout, LONG_TIMEOUT_S))
 
 
 @router.get("", response_model=RunsPage)
 async def search_runs(request: Request, bus: Bus = Depends(get_bus)) -> RunsPage:
     """Search runs: filters (status, method, model, backend, tag, text, since, until, has_eval), sort, limit,
     offset, facets — the fields of RunSearch."""
-    return await call(request, bus, subjects.REGISTRY_QUERY_RUNS, from_query(request, RunSearch), RunsPage)
+    return await registry(request, bus).search(from_query(request, RunSearch))
 
 
 @router.post("/search", response_model=RunsPage)
 async def search_runs_body(request: Request, body: dict[str, Any] = Body(default_factory=dict),
                            bus: Bus = Depends(get_bus)) -> RunsPage:
-    return await call(request, bus, subjects.REGISTRY_QUERY_RUNS, validate(RunSearch, body, "search"), RunsPage)
+    return await registry(request, bus).search(validate(RunSearch, body, "search"))
 
 
 @router.get("/compare", response_model=RunComparison)
 async def compare_runs(request: Request, bus: Bus = Depends(get_bus)) -> RunComparison:
     """Overlay series + config diff of up to 8 runs: ``?ids=a,b,c&metrics=loss&max_points=500``."""
     req = from_query(request, RunCompareRequest, rename={"ids": "run_ids"})
-    return await call(request, bus, subjects.REGISTRY_RUNS_COMPARE, req, RunComparison)
+    return await registry(request, bus).compare(req.run_ids, req.metrics, req.max_points)
 
 
 @router.get("/grid", response_model=EvalGrid)
 async def eval_grid(request: Request, bus: Bus = Depends(get_bus)) -> EvalGrid:
     """Runs × tasks evaluation grid: ``?ids=a,b&tasks=gsm8k&metric=accuracy`` (no ids: runs with evals)."""
     req = from_query(request, EvalGridRequest, rename={"ids": "run_ids"})
-    return await call(request, bus, subjects.REGISTRY_EVAL_GRID, req, EvalGrid)
+    return await registry(request, bus).grid(req)
 
 
 @router.post("/grid", response_model=EvalGrid)
 async def eval_grid_body(request: Request, body: dict[str, Any] = Body(default_factory=dict),
                          bus: Bus = Depends(get_bus)) -> EvalGrid:
-    return await call(request, bus, subjects.REGISTRY_EVAL_GRID, validate(EvalGridRequest, body, "grid"), EvalGrid)
+    return await registry(request, bus).grid(validate(EvalGridRequest, body, "grid"))
 
 
 @router.post("/import", response_model=RunImported)
@@ -149,41 +148,38 @@ async def import_run(request: Request, replace: bool = False, bus: Bus = Depends
                 size += len(chunk)
         if size == 0:
             raise BadRequest("empty upload: send the bundle file as the request body", param="body")
-        return await call(request, bus, subjects.REGISTRY_RUN_IMPORT, RunImportRequest(path=str(path), replace=replace),
-                          RunImported, long=True)
+        return await registry(request, bus).import_bundle(str(path), replace=replace)
     finally:
         await path.unlink(missing_ok=True)
 
 
 @router.get("/{run_id}", response_model=RunDetail)
 async def get_run(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> RunDetail:
-    ref = validate(RunRef, {"run_id": validate_id(run_id, "run_id")}, "run")
-    return await call(request, bus, subjects.REGISTRY_RUN_GET, ref, RunDetail)
+    return await registry(request, bus).get(validate_id(run_id, "run_id"))
 
 
 @router.get("/{run_id}/metrics", response_model=RunMetrics)
 async def run_metrics(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> RunMetrics:
     req = from_query(request, RunMetricsRequest, run_id=validate_id(run_id, "run_id"))
-    return await call(request, bus, subjects.REGISTRY_RUN_METRICS, req, RunMetrics)
+    return await registry(request, bus).metrics(req.run_id, req.names, req.max_points, req.step_min, req.step_max)
 
 
 @router.get("/{run_id}/cost", response_model=RunCost)
 async def run_cost(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> RunCost:
     req = from_query(request, RunCostRequest, run_id=validate_id(run_id, "run_id"))
-    return await call(request, bus, subjects.REGISTRY_RUN_COST, req, RunCost)
+    return await registry(request, bus).cost(req.run_id, req.price_per_kwh)
 
 
 @router.get("/{run_id}/replay", response_model=ReplayInfo)
 async def run_replay(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> ReplayInfo:
-    ref = validate(RunRef, {"run_id": validate_id(run_id, "run_id")}, "run")
-    return await call(request, bus, subjects.REGISTRY_RUN_REPLAY, ref, ReplayInfo)
+    return await registry(request, bus).replay(validate_id(run_id, "run_id"))
 
 
 @router.get("/{run_id}/bundle")
 async def download_bundle(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> FileResponse:
     """The run's bundle archive; the registry writes it, this route streams and then removes it."""
     req = from_query(request, RunBundleRequest, run_id=validate_id(run_id, "run_id"))
-    bundle = await call(request, bus, subjects.REGISTRY_RUN_BUNDLE, req, RunBundle, long=True)
+    bundle = await registry(request, bus).bundle(req.run_id, include_adapter=req.include_adapter)
     path = Path(bundle.path)
     if not await anyio.Path(path).is_file():
         raise Unavailable(f"the registry wrote {path} but the gateway cannot read it: gateway and registry must share "
@@ -201,24 +197,24 @@ async def download_bundle(run_id: str, request: Request, bus: Bus = Depends(get_
 async def tag_run(run_id: str, request: Request, body: dict[str, Any] = Body(default_factory=dict),
                   bus: Bus = Depends(get_bus)) -> RunSummary:
     req = validate(RunTagRequest, {**body, "run_id": validate_id(run_id, "run_id")}, "tags")
-    return await call(request, bus, subjects.REGISTRY_RUN_TAG, req, RunSummary)
+    return await registry(request, bus).tag(req.run_id, req.add, req.remove)
 
 
 @router.post("/{run_id}/notes", response_model=RunSummary)
 async def note_run(run_id: str, request: Request, body: dict[str, Any] = Body(default_factory=dict),
                    bus: Bus = Depends(get_bus)) -> RunSummary:
     req = validate(RunNoteRequest, {**body, "run_id": validate_id(run_id, "run_id")}, "notes")
-    return await call(request, bus, subjects.REGISTRY_RUN_NOTE, req, RunSummary)
+    return await registry(request, bus).note(req.run_id, req.notes, append=req.append)
 
 
 @router.post("/{run_id}/evals", response_model=EvalRecorded)
 async def record_evals(run_id: str, request: Request, body: dict[str, Any] = Body(default_factory=dict),
                        bus: Bus = Depends(get_bus)) -> EvalRecorded:
     req = validate(EvalRecordRequest, {**body, "run_id": validate_id(run_id, "run_id")}, "evals")
-    return await call(request, bus, subjects.REGISTRY_EVAL_RECORD, req, EvalRecorded)
+    return await registry(request, bus).record_eval(req.run_id, req.results, source=req.source)
 
 
 @router.delete("/{run_id}", response_model=RunDeleted)
 async def delete_run(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> RunDeleted:
     req = from_query(request, RunDeleteRequest, run_id=validate_id(run_id, "run_id"))
-    return await call(request, bus, subjects.REGISTRY_RUN_DELETE, req, RunDeleted)
+    return await registry(request, bus).delete(req.run_id, keep_artifacts=req.keep_artifacts, force=req.force)

@@ -111,6 +111,19 @@ run_tags = Table(
     Index("ix_run_tags_tag", "tag", "run_pk"),
 )
 
+# Runs per (status, method, backend, base_model) (tag '') and per tag and those four (tag = the tag), kept
+# by triggers on runs and run_tags (migration 0006); NULL backend / base_model are ''. Facets read this.
+run_facet_counts = Table(
+    "run_facet_counts", metadata,
+    Column("tag", String(64), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("method", String(64), primary_key=True),
+    Column("backend", String(32), primary_key=True),
+    Column("base_model", String(500), primary_key=True),
+    Column("n", Integer, nullable=False),
+    sqlite_with_rowid=False,
+)
+
 metric_names = Table(
     "metric_names", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),

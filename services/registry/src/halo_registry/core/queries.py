@@ -47,6 +47,7 @@ from halo_registry.core.db import (
     metric_rollups,
     metric_stats,
     metrics,
+    run_facet_counts,
     run_tags,
     runs,
 )
@@ -192,16 +193,62 @@ def search(db: Database, conn: Connection, req: RunSearch) -> RunsPage:
     if field != "run_id":
         order.append(t.c.run_id.desc() if desc else t.c.run_id.asc())
     hits = conn.execute(query.order_by(*order).limit(req.limit).offset(req.offset)).all()
-    if substring and hits:
+    counted = _counted(db, conn, req) if _countable(req) else None
+    if counted is not None:
+        total = counted[0]
+    elif substring and hits:
         total = hits[0].total
     else:
         ct = _runs(db, substring)  # counting equality filters is an index-only scan: keep the index
         total = conn.scalar(select(func.count()).select_from(ct).where(_all(_conditions(db, ct, req)))) or 0
     pks = [h.pk for h in hits]
     found = {r.pk: r for r in conn.execute(select(*SUMMARY_COLUMNS).where(runs.c.pk.in_(pks)))} if pks else {}
-    facets = _facets(db, conn, req) if req.facets else {}
+    facets = {} if not req.facets else counted[1] if counted is not None else _facets(db, conn, req)
     return RunsPage(items=summaries(conn, [found[pk] for pk in pks]), total=total, limit=req.limit,
                     offset=req.offset, facets=facets)
+
+
+_FACET_COLUMNS = ("status", "method", "backend", "base_model")
+
+
+def _countable(req: RunSearch) -> bool:
+    """Whether total and facets can come from ``run_facet_counts``: filters on the four facet columns
+    and at most one tag (what a dashboard's facet clicks produce). Text, dates, evaluation and several
+    tags need the runs themselves."""
+    return not (req.text or req.since or req.until or req.has_eval is not None) and len(req.tag) <= 1
+
+
+def _counted(db: Database, conn: Connection, req: RunSearch) -> tuple[int, dict[str, list[FacetCount]]] | None:
+    """(total, facets) of a :func:`_countable` request from the trigger-kept counts: a few thousand
+    rows at most instead of a scan of the runs (facets) and an index scan (total). The filters are
+    the same SQL clauses as the search's, applied to the counts' columns. Facets are computed only
+    when asked."""
+    f = run_facet_counts.c
+    conds = _conditions(db, run_facet_counts, req.model_copy(update={"tag": []}))
+    flags = [(and_(true(), *conds[c]) if conds[c] else true()).label(f"ok_{c}") for c in _FACET_COLUMNS]
+    rows = conn.execute(select(f.status, f.method, f.backend, f.base_model, f.n, *flags)
+                        .where(f.tag == (req.tag[0] if req.tag else ""), f.n > 0)).all()
+    total = 0
+    counts: dict[str, dict[str, int]] = {c: {} for c in _FACET_COLUMNS}
+    for row in rows:
+        ok = {c: bool(getattr(row, f"ok_{c}")) for c in _FACET_COLUMNS}
+        if all(ok.values()):
+            total += row.n
+        if not req.facets:
+            continue
+        for c in _FACET_COLUMNS:
+            value = getattr(row, c)
+            if value != "" and all(ok[g] for g in _FACET_COLUMNS if g != c):  # '' stands for NULL
+                counts[c][value] = counts[c].get(value, 0) + row.n
+    if not req.facets:
+        return total, {}
+    out = {c: [FacetCount(value=v, count=n) for v, n in sorted(cs.items(), key=lambda kv: (-kv[1], kv[0]))[:FACET_LIMIT]]
+           for c, cs in counts.items()}
+    n = func.sum(f.n).label("n")
+    tq = (select(f.tag, n).where(f.tag != "", _all(conds)).group_by(f.tag).having(n > 0)
+          .order_by(n.desc(), f.tag).limit(FACET_LIMIT))
+    out["tag"] = [FacetCount(value=tag, count=int(c)) for tag, c in conn.execute(tq)]
+    return total, out
 
 
 def _facets(db: Database, conn: Connection, req: RunSearch) -> dict[str, list[FacetCount]]:

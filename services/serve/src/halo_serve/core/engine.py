@@ -239,7 +239,15 @@ class RequestStream:
                 items = await self.queue.get()
                 if isinstance(items, BaseException):
                     raise items
-                for out in items:
+                # Outputs that piled up while the consumer was busy (a slow client, a loaded host) leave as
+                # one group per choice: the per-chunk cost (JSON, SSE, two HTTP hops) is paid once, not per token.
+                while not self.queue.empty():
+                    more = self.queue.get_nowait()
+                    if isinstance(more, BaseException):
+                        self.queue.put_nowait(more)  # raised on the next round, after what came before it
+                        break
+                    items = items + more
+                for out in _coalesce(items) if len(items) > 1 else items:
                     if out.finish_reason is not None:
                         self.open -= 1
                     yield out
@@ -251,6 +259,25 @@ class RequestStream:
         """Stop every sequence of this request (client gone); frees their batch slots."""
         self.open = 0
         self.engine.cancel(self.request_id, self.n)
+
+
+def _coalesce(items: list[SeqOutput]) -> list[SeqOutput]:
+    """Outputs of one choice merged into one (text, ids and logprobs in order; the last one's finish and
+    count — nothing follows a finish), choices in the order they first appear."""
+    merged: dict[int, SeqOutput] = {}
+    for o in items:
+        m = merged.get(o.index)
+        if m is None:
+            merged[o.index] = SeqOutput(o.index, o.text, list(o.token_ids),
+                                        list(o.logprobs) if o.logprobs is not None else None,
+                                        o.finish_reason, o.completion_tokens)
+            continue
+        m.text += o.text
+        m.token_ids.extend(o.token_ids)
+        if o.logprobs:
+            m.logprobs = (m.logprobs or []) + list(o.logprobs)
+        m.finish_reason, m.completion_tokens = o.finish_reason, o.completion_tokens
+    return list(merged.values())
 
 
 def choice_seed(seed: int | None, index: int) -> int | None:

@@ -121,12 +121,18 @@ class Coordinator:
                     if not await self._start_trial():
                         used += 1  # refused by the spec: told failed, counts
                 try:
-                    item = await asyncio.wait_for(self.queue.get(), self.poll_s)
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that races the get.
+                    async with asyncio.timeout(self.poll_s):
+                        item = await self.queue.get()
                 except TimeoutError:
                     await self._poll()
                     continue
-                if item is not None:
-                    await self._handle(*item)
+                # Everything already queued is handled as one batch: a trainer logs faster than Optuna's
+                # storage answers, and the prune decision only matters at each trial's newest step.
+                batch = [item]
+                while not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                await self._handle_batch([i for i in batch if i is not None])
         finally:
             for run in self.running.values():
                 if run.sub is not None:
@@ -206,32 +212,48 @@ class Coordinator:
         self.storage.set_trial_user_attr(t._trial_id, st.T_ERROR, reason)
         self.study.tell(t.number, state=TrialState.FAIL)
         if t.params:
-            self.study.enqueue_trial(dict(t.params), skip_if_exists=True)
+            self.study.enqueue_trial(dict(t.params))
 
     # ---- events --------------------------------------------------------------------------------------
     async def _handle(self, number: int, record: EventRecord[Any]) -> None:
-        run = self.running.get(number)
-        if run is None or record.sequence in run.seen:
-            return
-        run.seen.add(record.sequence)
-        msg = record.message
-        if isinstance(msg, RunProgressed):
-            value = run.tracker.add(msg.step, msg.metrics)
-            if value is None or msg.step in run.reported:
-                return
-            run.reported.add(msg.step)
-            prune = await asyncio.to_thread(self._report, run, value, msg.step)
-            if prune and not run.prune_requested:
+        await self._handle_batch([(number, record)])
+
+    async def _handle_batch(self, items: list[tuple[int, EventRecord[Any]]]) -> None:
+        """Report new intermediate values, decide pruning once per trial at its newest step, settle ended
+        trials."""
+        reports: dict[int, list[tuple[int, float]]] = {}
+        finished: dict[int, RunFinished] = {}
+        for number, record in items:
+            run = self.running.get(number)
+            if run is None or record.sequence in run.seen:
+                continue
+            run.seen.add(record.sequence)
+            msg = record.message
+            if isinstance(msg, RunProgressed):
+                value = run.tracker.add(msg.step, msg.metrics)
+                if value is not None and msg.step not in run.reported:
+                    run.reported.add(msg.step)
+                    reports.setdefault(number, []).append((msg.step, value))
+            elif isinstance(msg, RunFinished):
+                finished[number] = msg
+        for number, values in reports.items():
+            run = self.running[number]
+            prune = await asyncio.to_thread(self._report, run, values, number not in finished)
+            if prune is not None and not run.prune_requested:
                 run.prune_requested = True
-                await asyncio.to_thread(run.trial.set_user_attr, st.T_PRUNE, msg.step)
-                log.info("sweep %s: pruning trial %d at step %d", self.sweep_id, number, msg.step)
+                await asyncio.to_thread(run.trial.set_user_attr, st.T_PRUNE, prune)
+                log.info("sweep %s: pruning trial %d at step %d", self.sweep_id, number, prune)
                 await self.trials.cancel(run.job_id)
-        elif isinstance(msg, RunFinished):
+        for number, msg in finished.items():
             await self._finish(number, msg.state, msg.error)
 
-    def _report(self, run: RunningTrial, value: float, step: int) -> bool:
-        run.trial.report(value, step)
-        return self.sweep.pruning.kind != "none" and run.trial.should_prune()
+    def _report(self, run: RunningTrial, values: list[tuple[int, float]], may_prune: bool) -> int | None:
+        """(thread) Report ``(step, value)`` pairs; the step to prune at, or None."""
+        for step, value in values:
+            run.trial.report(value, step)
+        if not may_prune or self.sweep.pruning.kind == "none" or run.prune_requested:
+            return None
+        return values[-1][0] if run.trial.should_prune() else None
 
     async def _finish(self, number: int, state: JobState, error: str | None) -> None:
         run = self.running.pop(number)

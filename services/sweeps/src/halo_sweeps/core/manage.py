@@ -69,26 +69,32 @@ async def create(storage: optuna.storages.RDBStorage, bus: Bus, raw: dict[str, A
     return await start_coordinator(storage, bus, sweep_id, sweep)
 
 
-async def with_state(bus: Bus, info: SweepInfo) -> SweepInfo:
-    """``info`` with its coordinator job's state."""
-    if info.job_id is None:
-        return info
-    try:
-        status = await JobsClient(bus).status(info.job_id)
-    except NotFound:
+async def _described(storage: optuna.storages.RDBStorage, bus: Bus, sweep_id: str,
+                     with_trials: bool) -> SweepInfo:
+    """The sweep with its coordinator job's state. The state is read first: a sweep reported finished is then
+    shown with every trial its coordinator told."""
+    study_id = await asyncio.to_thread(storage.get_study_id_from_name, sweep_id)
+    job_id = (await asyncio.to_thread(storage.get_study_user_attrs, study_id)).get(st.ATTR_JOB)
+    status = None
+    if job_id is not None:
+        try:
+            status = await JobsClient(bus).status(job_id)
+        except NotFound:
+            status = None
+    info = await asyncio.to_thread(st.describe, storage, sweep_id, with_trials=with_trials)
+    if status is None or status.job_id != info.job_id:
         return info
     return info.model_copy(update={"state": status.state, "error": status.error})
 
 
 async def show(storage: optuna.storages.RDBStorage, bus: Bus, sweep_id: str) -> SweepInfo:
-    info = await asyncio.to_thread(st.describe, storage, check_sweep_id(sweep_id))
-    return await with_state(bus, info)
+    await asyncio.to_thread(st.sweep_of, storage, check_sweep_id(sweep_id))  # NotFound naming sweep_id
+    return await _described(storage, bus, sweep_id, with_trials=True)
 
 
 async def list_sweeps(storage: optuna.storages.RDBStorage, bus: Bus, limit: int) -> list[SweepInfo]:
     ids = await asyncio.to_thread(st.list_sweeps, storage, limit)
-    infos = [await asyncio.to_thread(st.describe, storage, i, with_trials=False) for i in ids]
-    return list(await asyncio.gather(*(with_state(bus, i) for i in infos)))
+    return list(await asyncio.gather(*(_described(storage, bus, i, with_trials=False) for i in ids)))
 
 
 async def resume(storage: optuna.storages.RDBStorage, bus: Bus, sweep_id: str) -> SweepStarted:
@@ -109,7 +115,7 @@ async def cancel(storage: optuna.storages.RDBStorage, bus: Bus, sweep_id: str) -
     if info.job_id is None:
         raise NotFound(f"sweep {sweep_id} has no coordinator job", param="sweep_id")
     await JobsClient(bus).cancel(info.job_id)
-    return await with_state(bus, info)
+    return await show(storage, bus, sweep_id)
 
 
 def _best(storage: optuna.storages.RDBStorage, sweep_id: str) -> SweepBest:

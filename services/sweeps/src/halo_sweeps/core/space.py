@@ -20,8 +20,9 @@ from typing import Any
 import optuna
 from halo_common.errors import BadRequest
 from halo_schemas.base import describe_validation_error
+from halo_schemas.methods import TRAINING_JOB_SPECS
 from halo_schemas.sweeps import SearchParam, SweepSpec
-from halo_schemas.training import TRAINING_JOB_SPECS, TrainSpecBase
+from halo_schemas.training import TrainSpecBase
 from pydantic import BaseModel, ValidationError
 
 #: Fields a sweep sets on every trial itself; searching over them would break the grouping or the objective.

@@ -50,12 +50,15 @@ def storage_url(database_url: str | None, home: Path) -> str:
             path = Path(database_url.split("sqlite:///", 1)[-1])
             return f"sqlite:///{path.with_name('optuna.db')}"
         return f"sqlite:///{Path(home).expanduser() / 'optuna.db'}"
+    from sqlalchemy.engine import make_url
+
     url = database_url
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             url = "postgresql+psycopg://" + url[len(prefix):]
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options=-csearch_path%3D{PG_SCHEMA}"
+    # The registry's own search_path (if the URL sets one) is replaced: Optuna's tables go to their schema.
+    parsed = make_url(url).update_query_dict({"options": f"-csearch_path={PG_SCHEMA}"})
+    return parsed.render_as_string(hide_password=False)
 
 
 def open_storage(database_url: str | None, home: Path) -> optuna.storages.RDBStorage:
@@ -68,14 +71,41 @@ def open_storage(database_url: str | None, home: Path) -> optuna.storages.RDBSto
     else:
         import sqlalchemy as sa
 
-        engine = sa.create_engine(url.split("?options=")[0].split("&options=")[0])
+        engine = sa.create_engine(sa.engine.make_url(url).difference_update_query(["options"]))
         with engine.begin() as conn:
             conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")
         engine.dispose()
         kwargs = {"pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "heartbeat is experimental"
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    if url.startswith("sqlite"):
+        _sqlite_wal(storage)
+    return storage
+
+
+def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
+    """WAL and ``synchronous=NORMAL``, as the registry's SQLite uses: a trial reports a value per step, and a
+    full fsync per write (tens of ms) would leave the coordinator behind the trainer."""
+    from sqlalchemy import event
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # connections opened during set-up get the pragmas too
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for ask/tell: its ``after_trial`` stops ``study.optimize`` once the grid is used,
+    which raises outside ``optimize``; the coordinator's budget (capped at the grid size) stops the sweep."""
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        return None
 
 
 def make_sampler(sweep: SweepSpec, offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -83,7 +113,7 @@ def make_sampler(sweep: SweepSpec, offset: int = 0) -> optuna.samplers.BaseSampl
     coordinator does not replay the same random draws."""
     seed = sweep.seed + offset
     if sweep.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_values(sweep.search_space), seed=seed)
+        return GridSampler(grid_values(sweep.search_space), seed=seed)
     if sweep.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = max(2, min(10, sweep.n_trials // 3))

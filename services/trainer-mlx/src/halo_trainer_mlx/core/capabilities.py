@@ -15,12 +15,9 @@ from halo_common.errors import Unprocessable
 from halo_schemas.training import TrainSpecBase
 
 #: Job types trainer-mlx runs (the others are refused with the reason).
-METHODS = ("sft",)
+METHODS = ("sft", "dpo", "orpo", "rm")
 #: Methods trainer-torch runs that trainer-mlx refuses, with the reason (docs/mlx.md).
 NOT_ON_MLX = {
-    "dpo": "DPO is not implemented on MLX yet",
-    "orpo": "ORPO is not implemented on MLX yet",
-    "rm": "the Bradley-Terry reward model is not implemented on MLX yet",
     "grpo": "GRPO is not implemented on MLX yet",
     "raft": "RAFT is not implemented on MLX yet",
 }

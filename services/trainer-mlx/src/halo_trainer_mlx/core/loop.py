@@ -202,7 +202,7 @@ def train_loop(ctx: JobContext, model: Any, task: Task, *, extra_state: dict[str
                 reporter.progress(state.step, planned, {"eval_loss": eval_loss})
                 if spec.early_stopping is not None and _should_stop(state.evals, spec.early_stopping):
                     early_stopped_at = state.step
-        if state.step % spec.checkpoint_every_steps == 0 and not last:
+        if state.step % spec.checkpoint_every_steps == 0:
             checkpoint()
         stop = control.stop_reason()
         if early_stopped_at is not None and stop is None:

@@ -84,11 +84,9 @@ def run_job(method: str, spec: dict[str, Any] | TrainSpecBase, run_dir: Path | s
     from halo_trainer_mlx.core.recipes import recipe
 
     run = RunDir(Path(run_dir)).ensure()
-    run_id = run_id or run.root.name
-    reporter = reporter or Reporter()
-    control = control or JobControl()
+    run_id, reporter, control = run_id or run.root.name, reporter or Reporter(), control or JobControl()
+    started_at, prior = attempt_info(run)  # a resumed run keeps its first start and adds earlier attempts' time
     t0 = time.monotonic()
-    started_at, prior = attempt_info(run)
     typed: TrainSpecBase | None = None
     resolved: ResolvedSettings | None = None
 

@@ -8,6 +8,7 @@ without llama-cpp-python or mlx never imports them.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from halo_common.backend import Backend, detect_backend
@@ -15,7 +16,7 @@ from halo_common.errors import BadRequest, Unprocessable
 
 from halo_serve.core.backends.base import ServeBackend
 
-#: backend name -> "module:Class" (S2 owns llamacpp / mlx_backend; vllm is gated and optional).
+#: backend name -> "module:Class". vLLM is not one of them: ``--backend vllm`` is refused with what to do.
 BACKENDS: dict[str, str] = {
     "transformers": "halo_serve.core.backends.transformers_backend:TransformersBackend",
     "llamacpp": "halo_serve.core.backends.llamacpp:LlamaCppBackend",
@@ -26,9 +27,25 @@ BACKENDS: dict[str, str] = {
 FORMAT_BACKENDS: dict[str, tuple[str, ...]] = {"hf": ("transformers",), "gguf": ("llamacpp",), "mlx": ("mlx",)}
 
 
+def _vllm_refusal() -> str:
+    """Why ``--backend vllm`` is refused: vLLM is an optional GPU extra (CUDA/ROCm) that this serve does
+    not drive itself (see docs/serve.md); the message says what to do on either kind of host."""
+    try:
+        installed = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        installed = False
+    if not installed:
+        return ("backend 'vllm' is not installed here: vLLM is an optional extra for CUDA/ROCm hosts "
+                "(pip install vllm on such a host); use transformers, llamacpp or mlx, or leave --backend unset")
+    return ("backend 'vllm': vLLM is installed, but serve does not run models through it; start vLLM's own "
+            "OpenAI server (`vllm serve MODEL`) or use transformers, llamacpp or mlx here")
+
+
 def backend_class(name: str) -> type[ServeBackend]:
     """The class of backend ``name``; BadRequest for an unknown name, Unprocessable when its
-    libraries are missing here."""
+    libraries are missing here (``vllm``: always, with what to do instead)."""
+    if name == "vllm":
+        raise Unprocessable(_vllm_refusal(), param="backend")
     if name not in BACKENDS:
         raise BadRequest(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}", param="backend")
     module, cls_name = BACKENDS[name].split(":")

@@ -13,12 +13,15 @@ holds the logic so it is testable without a bus::
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from halo_common.errors import BadRequest
 from halo_schemas.base import describe_validation_error
 from halo_schemas.convert import ArtifactManifest, ConvertSpec, MergeBakeSpec, MergeCombineSpec
 from pydantic import ValidationError
+
+from halo_serve.core.convert.common import manifest_path
 
 JOB_SPECS: dict[str, type[ConvertSpec] | type[MergeBakeSpec] | type[MergeCombineSpec]] = {
     "convert": ConvertSpec, "merge-bake": MergeBakeSpec, "merge-combine": MergeCombineSpec,
@@ -72,6 +75,8 @@ def artifact_event_fields(m: ArtifactManifest) -> dict[str, Any]:
     details: dict[str, Any] = {"parents": m.parents, "job": m.job, "export_seconds": round(m.seconds, 3)}
     if m.verify is not None:
         details["verify"] = m.verify.model_dump(mode="json")
+    if Path(m.path).is_file():  # the manifest lives beside a single-file output (GGUF): it goes with it
+        details["files"] = [str(manifest_path(Path(m.path)))]
     return {"kind": m.kind, "format": m.format, "quant": m.quant, "path": m.path, "sha256": m.sha256,
             "size_bytes": m.size_bytes, "status": m.status, "details": details}
 

@@ -6,6 +6,6 @@ from types import ModuleType
 
 
 def recipe(method: str) -> ModuleType:
-    from halo_trainer_mlx.core.recipes import sft
+    from halo_trainer_mlx.core.recipes import preference, rm, sft
 
-    return {"sft": sft}[method]
+    return {"sft": sft, "dpo": preference, "orpo": preference, "rm": rm}[method]

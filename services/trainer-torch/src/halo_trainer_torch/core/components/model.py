@@ -16,7 +16,6 @@ tests and benchmarks.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ from typing import Any
 from halo_common.backend import Backend, capabilities, detect_backend, require
 from halo_common.errors import BadRequest, Unprocessable
 from halo_schemas.training import TrainSpecBase
-from halo_training.models import resolve_model_path  # noqa: F401  (re-exported)
+from halo_training.models import resolve_model_path, write_verifier_manifest  # noqa: F401  (re-exported)
 
 log = logging.getLogger("halo_trainer_torch.model")
 
@@ -279,17 +278,3 @@ def save_pissa_init(model: Any, init_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         os.replace(tmp, init_dir)
-
-
-def write_verifier_manifest(out_dir: Path, *, base_model: str, fmt: str, stats: dict[str, float]) -> Path:
-    """``verifier.json`` next to a reward model: tells the verifier loader how to score with it."""
-    manifest = {
-        "kind": "reward-model",
-        "format": fmt,  # "hf-seq-cls" | "peft-seq-cls"
-        "base_model": base_model,
-        "score": "logit of the single-label sequence-classification head on the chat-formatted prompt+completion",
-        "normalization": stats,
-    }
-    path = out_dir / "verifier.json"
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return path

@@ -9,40 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from halo_schemas.training import TrainSpecBase
-from halo_training.runs import RecipeResult  # noqa: F401  (the recipes import it from here)
+from halo_training.runs import JobContext, RecipeResult  # noqa: F401  (the recipes import them from here)
 
-from halo_trainer_torch.core.components.data import TrainingData
-from halo_trainer_torch.core.components.hooks import HaloCallback, JobControl, Reporter
-from halo_trainer_torch.core.components.model import ResolvedSettings, is_peft, parameter_counts, save_pissa_init
-from halo_trainer_torch.core.components.rundir import RunDir
+from halo_trainer_torch.core.components.hooks import HaloCallback, Reporter
+from halo_trainer_torch.core.components.model import is_peft, parameter_counts, save_pissa_init
 
 log = logging.getLogger("halo_trainer_torch")
-
-
-@dataclass
-class JobContext:
-    """Everything a recipe needs. Built by :func:`halo_trainer_torch.core.runner.run_job`."""
-
-    method: str
-    spec: TrainSpecBase
-    resolved: ResolvedSettings
-    data: TrainingData
-    run: RunDir
-    reporter: Reporter
-    control: JobControl
-    resume_from: Path | None = None
-    run_id: str | None = None
-    job_id: str | None = None
-
-    @property
-    def has_eval(self) -> bool:
-        return bool(self.data.eval)
 
 
 def is_main_process() -> bool:
@@ -251,8 +226,13 @@ def train_and_export(
     before: list[str] | None = None,
     extras: Callable[[Any, dict[str, float]], dict[str, Any]] | None = None,
     after_export: Callable[[Any, dict[str, str]], dict[str, Any]] | None = None,
+    attention_lengths: Sequence[int] | None = None,
+    extra_forward_passes: float = 0.0,
 ) -> RecipeResult:
-    """Train (resuming from ``ctx.resume_from``), then — unless stopped — evaluate, export, sample."""
+    """Train (resuming from ``ctx.resume_from``), then — unless stopped — evaluate, export, sample.
+
+    ``attention_lengths`` (the lengths of the sequences tokens attend within) and ``extra_forward_passes``
+    (forward-only passes per token, e.g. a reference model) refine the run's model FLOPs (MFU in the summary)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     callback.trainer = trainer
@@ -281,6 +261,12 @@ def train_and_export(
         train_seconds=callback.train_seconds,
         attempt_tokens=callback.attempt_tokens,
     )
+    if is_main_process():
+        from halo_trainer_torch.core.components.mfu import run_flops
+
+        result.flops_per_token, result.peak_flops, result.peak_source = run_flops(
+            trainer.accelerator.unwrap_model(trainer.model), ctx, attention_lengths=attention_lengths,
+            extra_forward_passes=extra_forward_passes)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     result.weights_updated = state.global_step > 0 and trainable_fingerprint(unwrapped) != fingerprint
     if callback.stop_reason in ("cancelled", "preempted", "supervisor-gone"):

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from halo_schemas.training import DPOSpec, RenderedSample, TrainSpecBase
+from halo_training.tokenize import encode_pairs  # noqa: F401  (rm.py imports it from here)
 
-from halo_trainer_torch.core.components.data import DataError, SourcedRecord, TrainingData
+from halo_trainer_torch.core.components.data import DataError, TrainingData
 from halo_trainer_torch.core.components.losses import PreferenceLossOutput, dpo_loss
 from halo_trainer_torch.core.components.model import (
     ResolvedSettings,
@@ -33,20 +34,6 @@ from halo_trainer_torch.core.components.tokenize import PreferenceEncoder, rende
 
 METHOD = "dpo"
 TASK = "causal"
-
-
-def encode_pairs(tokenizer: Any, records: list[SourcedRecord], max_length: int) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
-    """prompt_ids / chosen_ids / rejected_ids rows; pairs whose prompt fills max_length are dropped."""
-    enc = PreferenceEncoder(tokenizer, max_length)
-    rows, dropped, truncated = [], 0, 0
-    for rec in records:
-        e = enc.encode(rec.record)
-        if e is None or not e.chosen_ids or not e.rejected_ids:
-            dropped += 1
-            continue
-        truncated += e.truncated
-        rows.append({"prompt_ids": e.prompt_ids, "chosen_ids": e.chosen_ids, "rejected_ids": e.rejected_ids})
-    return rows, {"records": len(rows), "dropped_records": dropped, "truncated_records": truncated}
 
 
 def preview(spec: TrainSpecBase, tokenizer: Any, data: TrainingData, num_samples: int) -> list[RenderedSample]:
@@ -124,7 +111,10 @@ def train(ctx: JobContext) -> RecipeResult:
         return {**counts, "loss_type": spec.loss_type, "beta": spec.beta, "reference": mode,
                 **_last_logged(ctx, ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected"))}
 
-    return train_and_export(ctx, trainer, callback, model, tok, before=before, extras=extras)
+    prompts = [len(x) for x in train_ds["prompt_ids"]]
+    lengths = [p + len(x) for k in ("chosen_ids", "rejected_ids") for p, x in zip(prompts, train_ds[k], strict=True)]
+    return train_and_export(ctx, trainer, callback, model, tok, before=before, extras=extras,
+                            attention_lengths=lengths, extra_forward_passes=0.0 if mode == "none" else 1.0)
 
 
 def _last_logged(ctx: JobContext, keys: tuple[str, ...]) -> dict[str, float]:

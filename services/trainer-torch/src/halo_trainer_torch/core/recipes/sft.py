@@ -102,4 +102,6 @@ def train(ctx: JobContext) -> RecipeResult:
             out["eval_records"] = eval_counts["records"]
         return out
 
-    return train_and_export(ctx, trainer, callback, model, tok, before=before, extras=extras)
+    # Packed or not, a token attends within its own record (block-diagonal mask / padding masked out).
+    return train_and_export(ctx, trainer, callback, model, tok, before=before, extras=extras,
+                            attention_lengths=[len(r["input_ids"]) for r in train_rows])

@@ -1,0 +1,200 @@
+// One run: live curves over SSE (history first, then live until it finishes), status, cancel, artifacts,
+// evals, cost, replay command, bundle download, notes and tags.
+import { useEffect, useRef, useState } from "preact/hooks";
+import { get, post, sse } from "../api";
+import { Card, Chart, ErrorBox } from "../ui";
+import { bytes, duration, num, show, when, NA } from "../format";
+import { Tags } from "./runs";
+
+const FIRST = ["loss", "eval_loss", "reward", "reward_mean", "learning_rate", "lr", "tokens_per_second", "grad_norm"];
+type Curves = Record<string, Map<number, number>>;
+
+export function RunDetail({ runId }: { runId: string }) {
+  const [detail, setDetail] = useState<any>(null);
+  const [detailError, setDetailError] = useState<string | null>(null);
+  const [curves, setCurves] = useState<Curves>({});
+  const [live, setLive] = useState<{ state: string; step: number | null; total: number | null; jobId: string | null;
+    error: string | null; method: string | null }>({ state: "unknown", step: null, total: null, jobId: null,
+    error: null, method: null });
+  const [streamError, setStreamError] = useState<string | null>(null);
+  const [actionError, setActionError] = useState<string | null>(null);
+  const [replay, setReplay] = useState<string | null>(null);
+  const seen = useRef(new Set<string>());
+
+  const loadDetail = () =>
+    get(`/api/v1/runs/${runId}`).then((d) => { setDetail(d); setDetailError(null); return d; })
+      .catch((e) => { setDetailError(e.status === 404 ? null : e.message); return null; });
+
+  useEffect(() => {
+    setCurves({});
+    seen.current = new Set();
+    loadDetail();
+    get(`/api/v1/runs/${runId}/metrics?max_points=2000`).then((m) => setCurves((c) => {
+      const next = { ...c };
+      for (const s of m.series) {
+        const map = new Map(next[s.name] ?? []);
+        s.steps.forEach((st: number, i: number) => map.set(st, s.values[i]));
+        next[s.name] = map;
+      }
+      return next;
+    })).catch(() => undefined); // not in the registry yet: the live stream fills the curves
+    const close = sse(`/api/v1/runs/${runId}/events`, (ev) => {
+      const m = ev.message ?? {};
+      const id = `${ev.type}:${m.seq}:${m.service}`;
+      if (seen.current.has(id)) return;
+      seen.current.add(id);
+      if (ev.type === "started") {
+        setLive((l) => ({ ...l, state: "running", total: m.total_steps ?? l.total, jobId: m.job_id ?? l.jobId,
+          method: m.method }));
+      } else if (ev.type === "progressed") {
+        setLive((l) => ({ ...l, state: l.state === "unknown" ? "running" : l.state, step: m.step,
+          total: m.total_steps ?? l.total, jobId: m.job_id ?? l.jobId }));
+        setCurves((c) => {
+          const next = { ...c };
+          for (const [k, v] of Object.entries(m.metrics ?? {})) {
+            if (typeof v !== "number") continue;
+            const map = new Map(next[k] ?? []);
+            map.set(m.step, v);
+            next[k] = map;
+          }
+          return next;
+        });
+      } else if (ev.type === "finished") {
+        setLive((l) => ({ ...l, state: m.state, error: m.error ?? null }));
+        setTimeout(loadDetail, 1000); // the registry records the finish a moment later
+      }
+    }, { isLast: (ev) => ev.type === "finished", onError: setStreamError });
+    return close;
+  }, [runId]);
+
+  // A run just launched is not in the registry yet: look again until it is.
+  useEffect(() => {
+    if (detail) return;
+    const t = setInterval(loadDetail, 2000);
+    return () => clearInterval(t);
+  }, [detail, runId]);
+
+  const run = detail?.run;
+  const state = live.state !== "unknown" ? live.state : run?.status ?? "unknown";
+  const jobId = live.jobId ?? run?.job_id ?? null;
+  const active = state === "running" || state === "queued";
+  const names = Object.keys(curves).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b)).slice(0, 9);
+
+  const cancel = async () => {
+    try {
+      const s = await post(`/api/v1/jobs/${jobId}/cancel`);
+      setLive((l) => ({ ...l, state: s.state === "running" ? "cancelling" : s.state }));
+      setActionError(null);
+    } catch (e: any) {
+      setActionError(e.message);
+    }
+  };
+  const showReplay = async () => {
+    try {
+      setReplay((await get(`/api/v1/runs/${runId}/replay`)).command);
+    } catch (e: any) {
+      setActionError(e.message);
+    }
+  };
+  return (
+    <div>
+      <h1>{run?.name ?? runId}</h1>
+      <Card title="Status" testid="run-status">
+        <div class="row">
+          <span class={`status-${state}`} data-testid="run-state">{state}</span>
+          <span data-testid="run-step">step {live.step ?? run?.last_step ?? NA} / {live.total ?? run?.total_steps ?? NA}</span>
+          <span>{run?.method ?? live.method ?? ""}</span>
+          <span>{run?.base_model ?? ""}</span>
+          <span>{run ? duration(run.duration_s) : ""}</span>
+          {jobId && active && <button class="danger" onClick={cancel} data-testid="cancel">Cancel</button>}
+          <a class="button secondary" href={`/api/v1/runs/${runId}/bundle`} download>Download bundle</a>
+          {detail?.has_replay && <button class="secondary" onClick={showReplay}>Replay command</button>}
+        </div>
+        {live.error && <div class="error">{live.error}</div>}
+        {run?.error && !live.error && <div class="error">{run.error}</div>}
+        {replay && <pre data-testid="replay">{replay}</pre>}
+        <ErrorBox error={actionError ?? streamError ?? detailError} />
+        {!detail && !detailError && <p class="muted">Not in the registry yet; showing the live stream.</p>}
+      </Card>
+      <Card title="Curves" testid="curves">
+        {names.length === 0 && <p class="muted">No metrics yet.</p>}
+        <div class="grid2">
+          {names.map((n) => {
+            const map = curves[n];
+            const steps = [...map.keys()].sort((a, b) => a - b);
+            return <Chart title={n} testid={`chart-${n}`} series={[{ label: n, steps, values: steps.map((s) => map.get(s)!) }]} />;
+          })}
+        </div>
+      </Card>
+      {detail && <Details detail={detail} runId={runId} onSaved={loadDetail} />}
+    </div>
+  );
+}
+
+function rank(name: string): number {
+  const i = FIRST.indexOf(name);
+  return i < 0 ? FIRST.length : i;
+}
+
+function Details({ detail, runId, onSaved }: { detail: any; runId: string; onSaved: () => void }) {
+  const [notes, setNotes] = useState(detail.notes ?? "");
+  const [msg, setMsg] = useState<string | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const saveNotes = async () => {
+    try {
+      await post(`/api/v1/runs/${runId}/notes`, { notes });
+      setMsg("saved");
+      setError(null);
+      onSaved();
+    } catch (e: any) {
+      setError(e.message);
+    }
+  };
+  const cost = detail.cost;
+  return (
+    <div class="grid2">
+      <Card title="Notes and tags">
+        <textarea rows={4} value={notes} onInput={(e) => setNotes((e.target as HTMLTextAreaElement).value)}
+          data-testid="notes" />
+        <div class="row"><button onClick={saveNotes}>Save notes</button><span class="muted">{msg}</span></div>
+        <ErrorBox error={error} />
+        <Tags run={detail.run} onSaved={onSaved} />
+      </Card>
+      <Card title="Cost">
+        <table><tbody>
+          <tr><th>energy</th><td>{cost.kwh === null ? <span class="na">{NA}</span> : `${num(cost.kwh)} kWh`}</td></tr>
+          <tr><th>cost</th><td>{cost.cost === null ? <span class="na">{NA}</span> : `${num(cost.cost)} ${cost.currency}`}</td></tr>
+          <tr><th>average power</th><td>{cost.avg_watts === null ? <span class="na">{NA}</span> : `${num(cost.avg_watts)} W`}</td></tr>
+          <tr><th>source</th><td>{cost.source} ({cost.samples} samples)</td></tr>
+        </tbody></table>
+      </Card>
+      <Card title="Evaluations" testid="evals">
+        {detail.evals.length === 0 ? <p class="muted">No evaluation recorded.</p> : (
+          <table>
+            <thead><tr><th>task</th><th>metric</th><th>value</th><th>± stderr</th><th>samples</th></tr></thead>
+            <tbody>{detail.evals.map((e: any) => (
+              <tr><td>{e.task}</td><td>{e.metric}</td><td>{num(e.value)}</td><td>{num(e.stderr)}</td><td>{show(e.num_samples)}</td></tr>
+            ))}</tbody>
+          </table>
+        )}
+      </Card>
+      <Card title="Artifacts" testid="artifacts">
+        {detail.artifacts.length === 0 ? <p class="muted">No artifact yet.</p> : (
+          <table>
+            <thead><tr><th>kind</th><th>format</th><th>step</th><th>size</th><th>path</th></tr></thead>
+            <tbody>{detail.artifacts.map((a: any) => (
+              <tr><td>{a.kind}</td><td>{a.format}</td><td>{show(a.step)}</td><td>{bytes(a.size_bytes)}</td><td><code>{a.path}</code></td></tr>
+            ))}</tbody>
+          </table>
+        )}
+      </Card>
+      <Card title="Spec">
+        <pre>{JSON.stringify(detail.spec, null, 2)}</pre>
+      </Card>
+      <Card title="Summary">
+        <p class="muted">created {when(detail.run.created_at)} · finished {when(detail.run.finished_at)} · {detail.run_dir}</p>
+        <pre>{JSON.stringify(detail.summary, null, 2)}</pre>
+      </Card>
+    </div>
+  );
+}
