@@ -36,7 +36,11 @@ EXAMPLES = 10  # per operation: bounded, the whole run stays well under a minute
 NEEDS_HEAVY_SERVICE = {
     "POST /api/v1/jobs/{method}/preview", "POST /api/v1/rollout/generate", "POST /api/v1/rollout/load",
     "POST /api/v1/verify", "POST /api/v1/verify/batch", "GET /api/v1/verifiers", "POST /api/v1/data/inspect",
+    "GET /api/v1/convert/formats",  # asks serve, which loads models
 }
+#: Routes answered by services this test does not start (eval loads lm-eval, serve models, sweeps its study
+#: database): without them they answer 503 "no service answers", as documented; their own suites test them.
+OTHER_SERVICE_PREFIXES = ("/api/v1/eval/", "/api/v1/serve/", "/api/v1/sweeps")
 #: Streams that never end by design (tested in services/gateway/tests and the browser tests).
 ENDLESS_STREAMS = {"GET /api/v1/telemetry/stream"}
 
@@ -103,7 +107,8 @@ def test_generated_requests_get_no_5xx_and_match_the_document(gateway: InProcess
     tested, failures = [], []
     for op in operations:
         label = f"{op.method.upper()} {op.path}"
-        if label in NEEDS_HEAVY_SERVICE or label in ENDLESS_STREAMS:
+        if label in NEEDS_HEAVY_SERVICE or label in ENDLESS_STREAMS or \
+                label.split(" ", 1)[1].startswith(OTHER_SERVICE_PREFIXES):
             continue
         tested.append(label)
 

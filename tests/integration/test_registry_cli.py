@@ -233,7 +233,7 @@ def test_replay_prints_command_and_drift_and_guards_launch(machines, cli, tmp_pa
     data = tmp_path / "train.jsonl"
     data.write_text('{"prompt": "hi", "completion": "there"}\n')
     from halo_common.backend import detect_backend
-    from halo_forge.commands.replay import fingerprint
+    from halo_common.files import dataset_fingerprint as fingerprint
 
     sha, size = fingerprint(data)
     em = RunEmitter(spec={"name": "replayable", "seed": 7})
@@ -315,7 +315,7 @@ def test_replay_of_an_imported_run_names_source_paths(machines, cli, tmp_path: P
     that supplies it, and with it the job really reaches this machine's gateway with the local path."""
     from halo_bus import subjects
     from halo_common.backend import detect_backend
-    from halo_forge.commands.replay import fingerprint
+    from halo_common.files import dataset_fingerprint as fingerprint
     from halo_schemas.jobs import JobEnvelope
 
     a, b = machines

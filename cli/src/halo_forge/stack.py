@@ -155,6 +155,10 @@ def _spawn_service(svc: str, paths: HaloPaths, state: StackState, gateway_port: 
     env.pop("HALO_TOKEN", None)  # a client secret: no service needs it
     if svc != "gateway":
         env.pop("HALO_GATEWAY_TOKEN", None)  # only the gateway checks tokens
+    if svc == "serve" and not env.get("HALO_SERVE_PORT"):
+        # Its own HTTP port, free on this machine (another stack may hold the default); the gateway asks serve
+        # for its URL over the bus, so any port works.
+        env["HALO_SERVE_PORT"] = str(free_port(preferred=8421))
     if svc == "gateway":
         env["HALO_GATEWAY_PORT"] = str(gateway_port)
         env.setdefault("HALO_GATEWAY_HOST", "127.0.0.1")

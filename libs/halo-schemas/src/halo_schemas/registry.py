@@ -172,10 +172,14 @@ class ArtifactList(Message):
     artifacts: list[ArtifactInfo] = Field(default_factory=list, description="Artifacts, newest first.")
 
 
+#: Artifact ids are database integers: a larger one is a 400, never a database overflow.
+ARTIFACT_ID_MAX = 2**31 - 1
+
+
 class ArtifactRef(UserInput):
     schema_id = "halo.rpc.artifact-ref.v1"
 
-    id: int = Field(ge=1, description="Artifact id.")
+    id: int = Field(ge=1, le=ARTIFACT_ID_MAX, description="Artifact id.")
 
 
 class ArtifactDeleteRequest(UserInput):
@@ -183,7 +187,7 @@ class ArtifactDeleteRequest(UserInput):
 
     schema_id = "halo.rpc.artifact-delete-request.v1"
 
-    id: int = Field(ge=1, description="Artifact id.")
+    id: int = Field(ge=1, le=ARTIFACT_ID_MAX, description="Artifact id.")
     keep_files: bool = Field(default=True, description="Keep the file or directory on disk.")
 
 

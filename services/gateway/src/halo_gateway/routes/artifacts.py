@@ -16,12 +16,13 @@ and confined to HALO_HOME and ``HALO_GATEWAY_DATA_ROOTS`` when the gateway is ex
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from halo_bus import Bus
 from halo_clients import RegistryClient, ServeClient
 from halo_common.specpolicy import check_spec_policy
 from halo_schemas.convert import ConvertFormats, ConvertSpec, MergeBakeSpec, MergeCombineSpec
 from halo_schemas.jobs import JobSubmitted
-from halo_schemas.registry import ArtifactDeleted, ArtifactInfo, ArtifactList, ArtifactSearch
+from halo_schemas.registry import ARTIFACT_ID_MAX, ArtifactDeleted, ArtifactInfo, ArtifactList, ArtifactSearch
 
 from halo_gateway.app import get_bus
 from halo_gateway.core.jobpolicy import confinement_roots
@@ -80,12 +81,16 @@ async def list_artifacts(kind: str | None = Query(None, description="export | mo
     return await RegistryClient(bus).artifacts(search)
 
 
+#: The ``{artifact_id}`` path parameter: a database integer (a larger one is a 400 naming it).
+ARTIFACT_ID = PathParam(ge=1, le=ARTIFACT_ID_MAX, description="Artifact id.")
+
+
 @router.get("/api/v1/artifacts/{artifact_id}", response_model=ArtifactInfo)
-async def show_artifact(artifact_id: int, bus: Bus = Depends(get_bus)) -> ArtifactInfo:
+async def show_artifact(artifact_id: int = ARTIFACT_ID, bus: Bus = Depends(get_bus)) -> ArtifactInfo:
     return await RegistryClient(bus).artifact(artifact_id)
 
 
 @router.delete("/api/v1/artifacts/{artifact_id}", response_model=ArtifactDeleted)
-async def delete_artifact(artifact_id: int, keep_files: bool = Query(True, description="Keep the files on disk."),
+async def delete_artifact(artifact_id: int = ARTIFACT_ID, keep_files: bool = Query(True, description="Keep the files on disk."),
                           bus: Bus = Depends(get_bus)) -> ArtifactDeleted:
     return await RegistryClient(bus).delete_artifact(artifact_id, keep_files=keep_files)

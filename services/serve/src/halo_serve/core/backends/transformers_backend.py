@@ -33,6 +33,9 @@ from typing import Any
 import torch
 from halo_common.errors import BadRequest, NotFound, Unprocessable
 
+# The device and dtype policy of the sampling library: serve and rollout pick the same on every host.
+from halo_sampling.backends.transformers_backend import default_device, default_dtype
+
 from halo_serve.core.backends.base import (
     GenerationRequest,
     GenerationSession,
@@ -47,24 +50,6 @@ from halo_serve.core.backends.base import (
 from halo_serve.core.jsonmode import json_prefix_state
 
 log = logging.getLogger("halo_serve.transformers")
-
-
-def default_device() -> torch.device:
-    """The best torch device here: cuda (also ROCm) > mps > cpu."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
 
 
 @dataclass
