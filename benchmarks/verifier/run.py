@@ -63,10 +63,10 @@ from typing import Any
 
 import psutil
 from halo_bus import NatsBus, subjects
+from halo_clients.verifier_sandbox import VerifierClient
 from halo_common.natsproc import NatsProcess
 from halo_schemas.health import HealthRequest, ServiceHealth
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyItem
-from halo_clients.verifier_sandbox import VerifierClient
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "verifier.json"

@@ -18,9 +18,9 @@ from halo_bus import NatsBus, subjects
 from halo_common.natsproc import free_port
 from halo_gateway.app import create_app
 from halo_gateway.settings import GatewaySettings
-from halo_sampling.backends.transformers_backend import TransformersBackend
 from halo_rollout.service import Rollout
 from halo_rollout.settings import RolloutSettings
+from halo_sampling.backends.transformers_backend import TransformersBackend
 from halo_schemas.rollout import (
     RolloutLoaded,
     RolloutLoadRequest,

@@ -17,10 +17,10 @@ import httpx
 import psutil
 import pytest
 from halo_bus import NatsBus, subjects
+from halo_clients.verifier_sandbox import VerifierClient
 from halo_common.natsproc import NatsProcess, free_port
 from halo_schemas.health import HealthRequest, ServiceHealth
 from halo_schemas.verifiers import IOCase, VerifierSpec, VerifyContext, VerifyItem
-from halo_clients.verifier_sandbox import VerifierClient
 from halo_testing import wait_until
 from halo_verifiers.sandbox import processes_of_uid
 
