@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,10 @@ from typing import Any
 import numpy as np
 from halo_common.errors import BadRequest, NotFound, Unprocessable
 
-from halo_serve.core.backends._sampling import apply_penalties, log_softmax, new_rng, pick
+from halo_serve.core.backends._sampling import HostSampledSession, log_softmax, most_likely
 from halo_serve.core.backends.base import (
     GenerationRequest,
     GenerationSession,
-    IncrementalDetokenizer,
     LoadedModel,
     ModelSource,
     PromptScore,
@@ -174,87 +172,34 @@ class LlamaCppBackend(ServeBackend):
         for i in range(1, len(ids)):
             lp = log_softmax(scores[i - 1])
             lps.append(float(lp[ids[i]]))
-            tops.append(_top(self, model, lp, top_logprobs) if top_logprobs else [])
+            tops.append(most_likely(self, model, lp, top_logprobs) if top_logprobs else [])
         n.llm.reset()
         return PromptScore(token_ids=ids, tokens=strings, logprobs=lps, top_logprobs=tops)
 
 
-def _top(backend: ServeBackend, model: LoadedModel, lp: np.ndarray, k: int) -> list[TopLogprob]:
-    idx = np.argsort(-lp, kind="stable")[:k]
-    strs = backend.token_strings(model, [int(i) for i in idx])
-    return [TopLogprob(int(i), s, float(lp[i])) for i, s in zip(idx, strs, strict=True)]
-
-
-class _Seq:
-    def __init__(self, req: GenerationRequest, detok: IncrementalDetokenizer) -> None:
-        self.req = req
-        self.detok = detok
-        self.counts: Counter[int] = Counter()
-        self.rng = new_rng(req.params.seed)
-        self.pending: int | None = None  # sampled, not yet evaluated
-        self.started = False
-
-
-class LlamaCppSession(GenerationSession):
+class LlamaCppSession(HostSampledSession):
     """One sequence at a time in llama.cpp's context (the engine queues the others)."""
 
-    def __init__(self, backend: LlamaCppBackend, model: LoadedModel) -> None:
-        self.backend = backend
-        self.model = model
-        self.llm = model.native.llm
-        self.seqs: dict[str, _Seq] = {}
+    backend_name = "llamacpp"
 
-    @property
-    def active(self) -> int:
-        return len(self.seqs)
+    def __init__(self, backend: LlamaCppBackend, model: LoadedModel) -> None:
+        super().__init__(backend, model)
+        self.llm = model.native.llm
 
     def add(self, request: GenerationRequest) -> None:
-        if request.adapter:
-            raise Unprocessable("the llamacpp backend cannot serve adapters", param="adapter")
-        if self.seqs:
+        if self.seqs and not request.adapter:
             raise Unprocessable("the llamacpp backend runs one sequence at a time (max_batch_size=1)")
-        if len(request.prompt_token_ids) >= self.model.context_length:
-            raise BadRequest(f"prompt of {len(request.prompt_token_ids)} tokens does not fit the context of "
-                             f"{self.model.context_length}", param="prompt")
-        decode = lambda ids: self.backend.detokenize(self.model, ids)  # noqa: E731
-        self.seqs[request.request_id] = _Seq(request, IncrementalDetokenizer(decode))
-
-    def release(self, request_id: str) -> None:
-        self.seqs.pop(request_id, None)
-
-    def close(self) -> None:
-        self.seqs.clear()
+        super().add(request)
 
     def step(self) -> list[TokenEvent]:
         events = []
         for rid, s in list(self.seqs.items()):
-            if not s.started:
+            if s.pending is None:  # first step: the prompt (llama.cpp holds one sequence's context)
                 self.llm.reset()
                 self.llm.eval(list(s.req.prompt_token_ids))
-                s.started = True
-            elif s.pending is not None:
+            else:
                 self.llm.eval([s.pending])
-            events.append(self._sample(rid, s))
+                s.length += 1
+            raw = np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)
+            events.append(self.sample(rid, s, raw))
         return events
-
-    def _sample(self, rid: str, s: _Seq) -> TokenEvent:
-        p = s.req.params
-        raw = np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)
-        logits = apply_penalties(raw, s.counts, p)
-        tok = pick(logits, p, s.rng)
-        ev = TokenEvent(request_id=rid, token_id=tok, text="")
-        if p.logprobs:
-            lp = log_softmax(logits)
-            ev.logprob = float(lp[tok])
-            ev.top_logprobs = _top(self.backend, self.model, lp, p.top_logprobs) if p.top_logprobs else []
-        s.counts[tok] += 1
-        if tok in self.model.eos_token_ids and not p.ignore_eos:
-            ev.finish_reason = "stop"
-            self.release(rid)
-            return ev
-        ev.text = s.detok.push(tok)
-        s.pending = tok
-        if self.llm.n_tokens + 1 >= self.model.context_length:
-            ev.finish_reason = "length"
-            self.release(rid)
-        return ev

@@ -12,7 +12,6 @@ but do not yet share forward passes). Sampling and logprobs follow the ``base.py
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,9 @@ from typing import Any
 import numpy as np
 from halo_common.errors import BadRequest, NotFound, Unprocessable
 
-from halo_serve.core.backends._sampling import apply_penalties, log_softmax, new_rng, pick
+from halo_serve.core.backends._sampling import HostSampledSession, log_softmax, most_likely
 from halo_serve.core.backends.base import (
-    GenerationRequest,
     GenerationSession,
-    IncrementalDetokenizer,
     LoadedModel,
     ModelSource,
     PromptScore,
@@ -122,83 +119,26 @@ class MLXBackend(ServeBackend):
         for i in range(1, len(ids)):
             lp = log_softmax(logits[i - 1])
             lps.append(float(lp[ids[i]]))
-            tops.append(_top(self, model, lp, top_logprobs) if top_logprobs else [])
+            tops.append(most_likely(self, model, lp, top_logprobs) if top_logprobs else [])
         return PromptScore(token_ids=ids, tokens=self.token_strings(model, ids), logprobs=lps, top_logprobs=tops)
 
 
-def _top(backend: ServeBackend, model: LoadedModel, lp: np.ndarray, k: int) -> list[TopLogprob]:
-    idx = np.argsort(-lp, kind="stable")[:k]
-    strs = backend.token_strings(model, [int(i) for i in idx])
-    return [TopLogprob(int(i), s, float(lp[i])) for i, s in zip(idx, strs, strict=True)]
+class MLXSession(HostSampledSession):
+    """Sequences side by side, each with its own mlx-lm prompt cache."""
 
-
-class _Seq:
-    def __init__(self, req: GenerationRequest, detok: IncrementalDetokenizer) -> None:
-        self.req = req
-        self.detok = detok
-        self.counts: Counter[int] = Counter()
-        self.rng = new_rng(req.params.seed)
-        self.cache: Any = None
-        self.pending: int | None = None
-        self.length = len(req.prompt_token_ids)
-
-
-class MLXSession(GenerationSession):
-    def __init__(self, backend: MLXBackend, model: LoadedModel) -> None:
-        self.backend = backend
-        self.model = model
-        self.seqs: dict[str, _Seq] = {}
-
-    @property
-    def active(self) -> int:
-        return len(self.seqs)
-
-    def add(self, request: GenerationRequest) -> None:
-        if request.adapter:
-            raise Unprocessable("the mlx backend cannot serve adapters", param="adapter")
-        if len(request.prompt_token_ids) >= self.model.context_length:
-            raise BadRequest(f"prompt of {len(request.prompt_token_ids)} tokens does not fit the context of "
-                             f"{self.model.context_length}", param="prompt")
-        decode = lambda ids: self.backend.detokenize(self.model, ids)  # noqa: E731
-        self.seqs[request.request_id] = _Seq(request, IncrementalDetokenizer(decode))
-
-    def release(self, request_id: str) -> None:
-        self.seqs.pop(request_id, None)
-
-    def close(self) -> None:
-        self.seqs.clear()
+    backend_name = "mlx"
+    backend: MLXBackend
 
     def step(self) -> list[TokenEvent]:
         from mlx_lm.models.cache import make_prompt_cache
 
         events = []
         for rid, s in list(self.seqs.items()):
-            if s.cache is None:
-                s.cache = make_prompt_cache(self.model.native.model)
-                row = self.backend.forward(self.model, s.req.prompt_token_ids, s.cache)[-1]
+            if s.state is None:  # first step: the prompt, into this sequence's own prompt cache
+                s.state = make_prompt_cache(self.model.native.model)
+                row = self.backend.forward(self.model, s.req.prompt_token_ids, s.state)[-1]
             else:
-                row = self.backend.forward(self.model, [s.pending], s.cache)[-1]
+                row = self.backend.forward(self.model, [s.pending], s.state)[-1]
                 s.length += 1
-            events.append(self._sample(rid, s, row))
+            events.append(self.sample(rid, s, row))
         return events
-
-    def _sample(self, rid: str, s: _Seq, raw: np.ndarray) -> TokenEvent:
-        p = s.req.params
-        logits = apply_penalties(raw.astype(np.float64), s.counts, p)
-        tok = pick(logits, p, s.rng)
-        ev = TokenEvent(request_id=rid, token_id=tok, text="")
-        if p.logprobs:
-            lp = log_softmax(logits)
-            ev.logprob = float(lp[tok])
-            ev.top_logprobs = _top(self.backend, self.model, lp, p.top_logprobs) if p.top_logprobs else []
-        s.counts[tok] += 1
-        if tok in self.model.eos_token_ids and not p.ignore_eos:
-            ev.finish_reason = "stop"
-            self.release(rid)
-            return ev
-        ev.text = s.detok.push(tok)
-        s.pending = tok
-        if s.length + 1 >= self.model.context_length:
-            ev.finish_reason = "length"
-            self.release(rid)
-        return ev
