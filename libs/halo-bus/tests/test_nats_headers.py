@@ -38,3 +38,41 @@ def test_same_headers_as_nats_py_on_random_blocks() -> None:
     for _ in range(3000):
         raw = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         assert _Client._parse_header_lines(raw) == Client._parse_header_lines(raw), raw
+
+
+async def _sent_by(client_type: type[Client], headers: dict[str, str] | None) -> bytes:
+    """The protocol bytes ``client_type._send_publish`` hands to the socket writer."""
+    client = client_type()
+    sent: list[bytes] = []
+
+    async def record(cmd: bytes, priority: bool = False) -> None:
+        sent.append(cmd)
+
+    client._send_command = record  # type: ignore[method-assign]
+    client._flush_queue = None
+    await client._send_publish("halo.rpc.x.y", "_INBOX.r", b'{"a":1}', 7, headers)
+    assert len(sent) == 1
+    return sent[0]
+
+
+HEADER_DICTS = [
+    None,
+    {},
+    {"Halo-Schema": "halo.test.ping.v1", "Halo-Correlation-Id": "0123456789abcdef"},
+    {"  Padded ": "  v  ", "": "skipped", "Multi": "a\r\nb\nc"},  # stripped, empty name, newlines
+    {"Unicode": "caf\u00e9 \u2603", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+]
+
+
+@pytest.mark.parametrize("headers", HEADER_DICTS)
+async def test_same_bytes_on_the_wire_as_nats_py(headers: dict[str, str] | None) -> None:
+    assert await _sent_by(_Client, headers) == await _sent_by(Client, headers)
+
+
+@pytest.mark.parametrize("bad_name", ["Bad Name", "Colon:Name", "Ctl\x01"])
+async def test_invalid_header_name_refused_like_nats_py(bad_name: str) -> None:
+    from nats.errors import BadHeaderError
+
+    for client_type in (Client, _Client):
+        with pytest.raises(BadHeaderError):
+            await _sent_by(client_type, {bad_name: "x"})

@@ -22,19 +22,16 @@ async def run_rpc_handler(
 ) -> tuple[bytes, dict[str, str]]:
     """Decode (validating into ``request_type``), call, encode. Any failure becomes micro error
     headers; nothing escapes."""
-    # Echo the caller's correlation id only; a reply needs no id of its own.
-    cid = headers.get(codec.CORRELATION_HEADER) if headers else None
-    corr = {codec.CORRELATION_HEADER: cid} if cid else None
     with tracing.server_span("rpc", subject, headers):
         try:
             req = codec.decode(data, headers, request_type)
             reply = await handler(req)
-            return codec.encode(reply, corr, correlate=False)
+            return codec.encode(reply)
         except HaloError as exc:
-            return error_reply(exc, corr)
+            return error_reply(exc)
         except Exception as exc:  # a handler bug must not kill the service
             log.exception("rpc handler for %s failed", subject)
-            return error_reply(HaloError(f"{type(exc).__name__}: {exc}"), corr)
+            return error_reply(HaloError(f"{type(exc).__name__}: {exc}"))
 
 
 #: What NATS KV accepts as a key (nats-py checks with re.match and "$", which lets a final "\n" through).
@@ -51,9 +48,8 @@ def check_kv_key(key: str) -> str:
     return key
 
 
-def error_reply(exc: HaloError, headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
-    out = dict(headers) if headers else {}
-    out[codec.ERROR_HEADER] = exc.message
+def error_reply(exc: HaloError) -> tuple[bytes, dict[str, str]]:
+    out = {codec.ERROR_HEADER: exc.message}
     out[codec.ERROR_CODE_HEADER] = str(exc.code)
     if exc.param:
         out[codec.ERROR_PARAM_HEADER] = exc.param

@@ -7,7 +7,6 @@ naming the id — never a crash in the consumer.
 
 from __future__ import annotations
 
-import os
 from typing import TypeVar
 
 from halo_common.errors import BadRequest
@@ -15,7 +14,6 @@ from halo_schemas.base import UnknownSchema, describe_validation_error, model_fo
 from pydantic import BaseModel, ValidationError
 
 SCHEMA_HEADER = "Halo-Schema"
-CORRELATION_HEADER = "Halo-Correlation-Id"
 MSG_ID_HEADER = "Nats-Msg-Id"
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
@@ -24,18 +22,16 @@ ERROR_PARAM_HEADER = "Halo-Error-Param"
 M = TypeVar("M", bound=BaseModel)
 
 
-def encode(msg: BaseModel, headers: dict[str, str] | None = None, correlate: bool = True) -> tuple[bytes, dict[str, str]]:
-    """Payload bytes and headers for ``msg``: ``Halo-Schema``, plus a new correlation id unless
-    ``headers`` carry one or ``correlate`` is False (replies echo the request's instead).
-    ``headers`` is copied, never changed."""
+def encode(msg: BaseModel, headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """Payload bytes and headers for ``msg``: ``headers`` (copied, never changed) plus
+    ``Halo-Schema``. Nothing else is added: a reply is paired with its request by the reply
+    inbox, and a message's place in a trace by ``traceparent`` when tracing is on."""
     cls = type(msg)
     sid = getattr(cls, "schema_id", "")
     if not sid:
         raise TypeError(f"{cls.__name__} has no schema_id and cannot go on the bus")
     out = dict(headers) if headers else {}
     out[SCHEMA_HEADER] = sid
-    if correlate and CORRELATION_HEADER not in out:
-        out[CORRELATION_HEADER] = os.urandom(8).hex()  # cheap; uuid4 costs ~4x more per message
     # The model's own serializer straight to bytes: the same JSON as model_dump_json().encode()
     # without the str round trip and keyword plumbing (about half the cost of a small message).
     return cls.__pydantic_serializer__.to_json(msg), out

@@ -315,9 +315,9 @@ def render_messaging_md() -> str:
         f"| `{STREAM_EVENTS}` | `{EVENTS_WILDCARD}` | Limits (max age 30 days), file storage; replayable per run |",
         f"| KV `{KV_JOB_STATE}` | job id -> `halo.job.status.v1` | latest value per job |",
         "",
-        "Headers set by halo-bus on every message: `Halo-Schema`, `traceparent` (W3C), `Nats-Msg-Id` (jobs, events),"
-        " `Halo-Correlation-Id`. RPC errors use NATS micro's `Nats-Service-Error` / `Nats-Service-Error-Code` with"
-        " HTTP-like codes.",
+        "Headers set by halo-bus: `Halo-Schema` on every message, `Nats-Msg-Id` on jobs and events (deduplication),"
+        " `traceparent` (W3C) when tracing is on. A reply is paired with its request by the reply inbox. RPC errors"
+        " use NATS micro's `Nats-Service-Error` / `Nats-Service-Error-Code` with HTTP-like codes.",
         "",
         "| kind | subject | request | reply | what |",
         "|---|---|---|---|---|",
