@@ -80,6 +80,44 @@ async def test_streaming_usage_and_done(engine):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 9
 
 
+async def test_stream_interval_groups_tokens_after_the_first(engine):
+    """With a stream interval the first output leaves at once (a 60 s interval would otherwise stall
+    this test); outputs made within the interval join the next chunk, and a finish is never held."""
+    from halo_serve.core.engine import RequestStream, SeqOutput
+
+    stream = RequestStream(engine, "req-interval", 1, asyncio.get_running_loop(), interval_s=60.0)
+    chunks = aiter(stream)
+    stream.deliver([SeqOutput(0, "Once", [1], None, None, 1)])
+    first = await asyncio.wait_for(anext(chunks), 5)
+    assert (first.text, first.token_ids) == ("Once", [1])
+    stream.deliver([SeqOutput(0, " upon", [2], None, None, 2)])
+    stream.deliver([SeqOutput(0, " a", [3], None, None, 3)])
+    stream.deliver([SeqOutput(0, " time", [4], None, "length", 4)])
+    rest = await asyncio.wait_for(anext(chunks), 5)  # the finish releases the held tokens at once
+    assert (rest.text, rest.token_ids, rest.finish_reason) == (" upon a time", [2, 3, 4], "length")
+    with pytest.raises(StopAsyncIteration):
+        await anext(chunks)
+
+
+async def test_stream_interval_keeps_every_token_through_the_serving_layer(tiny_model_dir, tmp_path):
+    catalog = ModelCatalog(HaloPaths(tmp_path / "home"))
+    catalog.register("tiny", str(tiny_model_dir))
+    texts = {}
+    for interval in (0.0, 0.05):
+        eng = Engine(catalog, EngineConfig(stream_interval_s=interval))
+        eng.start()
+        try:
+            chunks, done = await sse_texts(await CompletionServing(eng).create(
+                {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 24, "temperature": 0,
+                 "ignore_eos": True, "stream": True, "logprobs": 0}))
+        finally:
+            eng.shutdown()
+        assert done
+        choices = [c["choices"][0] for c in chunks if c["choices"]]
+        texts[interval] = ("".join(c["text"] for c in choices), [t for c in choices for t in c["logprobs"]["tokens"]])
+    assert texts[0.05] == texts[0.0] and len(texts[0.0][1]) == 24
+
+
 async def test_errors(engine):
     serving = ChatServing(engine)
     with pytest.raises(ModelNotFound):

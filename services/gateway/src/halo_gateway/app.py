@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
-import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,18 +23,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from halo_bus import Bus
 from halo_common.errors import BadRequest, HaloError, Internal
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from halo_gateway import __version__, routes
 from halo_gateway.core.openapi import install_openapi
 from halo_gateway.core.security import GatewaySecurity, SecurityMiddleware
+from halo_gateway.core.tracing import TraceMiddleware
 from halo_gateway.metrics import HttpMetrics
 from halo_gateway.settings import GatewaySettings
 
-_tracer = trace.get_tracer("halo_gateway")
 log = logging.getLogger("halo_gateway")
 
 
@@ -80,30 +76,12 @@ def create_app(bus: Bus, settings: GatewaySettings | None = None, registry: Coll
         log.error("unhandled error in %s %s", req.method, req.url.path, exc_info=exc)
         return error_response(Internal(f"internal error ({exc.__class__.__name__}); see the gateway log"))
 
-    @app.middleware("http")
-    async def trace(request: Request, call_next):  # noqa: ANN001, ANN202
-        token = otel_context.attach(propagate.extract(dict(request.headers)))
-        try:
-            route = request.scope.get("route")
-            name = f"{request.method} {getattr(route, 'path', request.url.path)}"
-            with _tracer.start_as_current_span(name, kind=SpanKind.SERVER) as span:
-                span.set_attribute("http.request.method", request.method)
-                span.set_attribute("url.path", request.url.path)
-                start = time.perf_counter()
-                response = await call_next(request)
-                span.set_attribute("http.response.status_code", response.status_code)
-                # The route is known only after routing: label by its template, or "unmatched".
-                template = getattr(request.scope.get("route"), "path", "unmatched")
-                http_metrics.observe(request.method, template, response.status_code, time.perf_counter() - start)
-                return response
-        finally:
-            otel_context.detach(token)
-
     for mod in pkgutil.iter_modules(routes.__path__):
         module = importlib.import_module(f"{routes.__name__}.{mod.name}")
         if hasattr(module, "router"):
             app.include_router(module.router)
     # Added last = outermost: CORS answers preflights itself, then the security checks, then tracing.
+    app.add_middleware(TraceMiddleware, metrics=http_metrics)
     app.add_middleware(SecurityMiddleware, security=security, api=app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,

@@ -74,6 +74,7 @@ class Serve(Service):
         opts: dict[str, dict[str, Any]] = {"transformers": {"device": settings.device, "dtype": settings.dtype}}
         self.engine = Engine(self.catalog, EngineConfig(
             max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
+            stream_interval_s=settings.stream_interval_ms / 1000,
             memory_budget_bytes=int(settings.memory_budget_gb * 1e9), max_loaded_models=settings.max_loaded_models,
             backend_options=opts), observer=self.metrics)
         self.metrics.bind(self.engine.stats)

@@ -33,6 +33,10 @@ class ServeSettings(HaloSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weights dtype for transformers (auto: bf16/fp16 on GPUs, fp32 on CPU).")
     max_batch_size: int = Field(default=16, ge=1, le=1024, description="Sequences decoded together per model.")
+    stream_interval_ms: float = Field(
+        default=5.0, ge=0, le=1000,
+        description="Shortest gap between two streamed chunks of one reply (ms; 0 = a chunk per decode step). The "
+                    "first token always leaves at once; tokens made within the gap leave together in one chunk.")
     max_queue: int = Field(default=256, ge=1, description="Sequences waiting for a slot before requests get 429.")
     memory_budget_gb: float = Field(default=0.0, ge=0,
                                     description="Evict least-recently-used models above this (GB; 0 = unlimited).")

@@ -71,6 +71,9 @@ class EngineConfig:
     max_queue: int = 256  # sequences waiting for a batch slot before requests get 429
     memory_budget_bytes: int = 0  # 0 = unlimited
     max_loaded_models: int = 8
+    #: Shortest gap between two chunks of one stream (seconds; 0 = a chunk per engine step). The
+    #: first output always leaves at once; tokens made within the gap leave together as one chunk.
+    stream_interval_s: float = 0.0
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -212,8 +215,10 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
 class RequestStream:
     """Async iterator of a request's :class:`SeqOutput`; ``cancel()`` stops its sequences."""
 
-    def __init__(self, engine: Engine, request_id: str, n: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, engine: Engine, request_id: str, n: int, loop: asyncio.AbstractEventLoop,
+                 interval_s: float = 0.0) -> None:
         self.engine = engine
+        self.interval_s = interval_s
         self.request_id = request_id
         self.n = n
         self.loop = loop
@@ -234,11 +239,24 @@ class RequestStream:
         return self._iter()
 
     async def _iter(self) -> AsyncIterator[SeqOutput]:
+        sent_at = -float("inf")
         try:
             while self.open > 0:
                 items = await self.queue.get()
                 if isinstance(items, BaseException):
                     raise items
+                # Within the stream interval of the last chunk, the next steps' tokens join this one;
+                # a finish (or an error) ends the wait at once.
+                deadline = sent_at + self.interval_s
+                while not any(o.finish_reason for o in items) and (wait := deadline - self.loop.time()) > 0:
+                    try:
+                        more = await asyncio.wait_for(self.queue.get(), wait)
+                    except TimeoutError:
+                        break
+                    if isinstance(more, BaseException):
+                        self.queue.put_nowait(more)
+                        break
+                    items = items + more
                 # Outputs that piled up while the consumer was busy (a slow client, a loaded host) leave as
                 # one group per choice: the per-chunk cost (JSON, SSE, two HTTP hops) is paid once, not per token.
                 while not self.queue.empty():
@@ -251,6 +269,7 @@ class RequestStream:
                     if out.finish_reason is not None:
                         self.open -= 1
                     yield out
+                sent_at = self.loop.time()
         finally:
             if self.open > 0:
                 self.cancel()
@@ -441,7 +460,7 @@ class Engine:
         if self.waiting_count + inp.n > self.config.max_queue:
             raise Overloaded(f"the server has {self.waiting_count} sequences queued (max_queue "
                              f"{self.config.max_queue}); retry later")
-        stream = RequestStream(self, inp.request_id, inp.n, asyncio.get_running_loop())
+        stream = RequestStream(self, inp.request_id, inp.n, asyncio.get_running_loop(), self.config.stream_interval_s)
         stream.prompt_tokens = len(inp.prompt_ids)
         await self.call(self._enqueue, inp, stream)
         self.traces[inp.request_id] = stream

@@ -77,7 +77,9 @@ class LlamaCppBackend(ServeBackend):
     formats = ("gguf",)
 
     def __init__(self, *, n_threads: int | None = None, n_gpu_layers: int = -1) -> None:
-        self.n_threads = n_threads or max(1, (os.cpu_count() or 2))
+        # llama.cpp's own default (half the logical CPUs, i.e. the physical cores on SMT machines):
+        # more threads than cores makes ggml's spinning workers fight the HTTP side for the CPU.
+        self.n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
         self.n_gpu_layers = n_gpu_layers
 
     @classmethod
