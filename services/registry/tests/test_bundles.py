@@ -202,6 +202,75 @@ def test_bundle_without_adapter(store: RegistryStore, other_store: RegistryStore
     assert other_store.get(em.run_id).artifacts == []
 
 
+def test_bundle_carries_exports_and_merged_models_on_request(store: RegistryStore, other_store: RegistryStore,
+                                                             tmp_path: Path) -> None:
+    """--artifacts: a GGUF export (one file) and a merged HF model (a directory) travel with the run and
+    come back as artifact rows at their new home, byte for byte, with kind, format, quant and verify
+    figures; without it the bundle is the same as before. A deleted export is simply left out."""
+    from halo_common.files import dataset_fingerprint, sha256_file
+
+    em = make_source_run(store)
+    gguf = tmp_path / "exports" / "shipped-q8.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + bytes(range(200)) * 10)
+    merged = tmp_path / "exports" / "shipped-merged"
+    (merged / "nested").mkdir(parents=True)
+    (merged / "config.json").write_text('{"model_type": "llama"}')
+    (merged / "nested" / "model.safetensors").write_bytes(bytes(range(256)) * 8)
+    gone = tmp_path / "exports" / "deleted.gguf"
+    ev_gguf = em.artifact(str(gguf), kind="export", format="gguf", sha256=sha256_file(gguf)).model_copy(
+        update={"quant": "q8", "status": "verified", "details": {"top1_agreement": 0.99}})
+    store.apply_events([ev_gguf, em.artifact(str(merged), kind="model", format="hf"),
+                        em.artifact(str(gone), kind="export", format="gguf")])
+
+    without = store.bundle(RunBundleRequest(run_id=em.run_id))
+    assert without.files == 9
+    b = store.bundle(RunBundleRequest(run_id=em.run_id, include_artifacts=True))
+    assert b.files == 9 + 3
+    other_store.import_bundle(RunImportRequest(path=b.path))
+    arts = {a.format + "/" + a.kind: a for a in other_store.get(em.run_id).artifacts}
+    home = other_store.run_dir(em.run_id) / "artifacts"
+    g = arts["gguf/export"]
+    assert Path(g.path).parent.parent == home and Path(g.path).read_bytes() == gguf.read_bytes()
+    assert (g.quant, g.status, g.details["top1_agreement"], g.sha256) == ("q8", "verified", 0.99, sha256_file(gguf))
+    assert g.details["imported_from"] == str(gguf)
+    m = arts["hf/model"]
+    assert Path(m.path).parent == home and (Path(m.path) / "nested" / "model.safetensors").read_bytes() == \
+        (merged / "nested" / "model.safetensors").read_bytes()
+    assert (m.sha256, m.size_bytes) == dataset_fingerprint(merged)
+    assert not any(a.path.endswith("deleted.gguf") for a in arts.values())
+
+
+def test_artifact_members_must_match_an_export_of_the_run(store: RegistryStore, other_store: RegistryStore,
+                                                          tmp_path: Path) -> None:
+    """artifacts/<id>/… is accepted only for an export or merged model run.json lists under that id."""
+    em = make_source_run(store)
+    b = Path(store.bundle(RunBundleRequest(run_id=em.run_id)).path)
+    forged = tmp_path / "forged.tar.gz"
+    with tarfile.open(b) as src, tarfile.open(forged, "w:gz") as dst:
+        members = {m.name: src.extractfile(m).read() for m in src if m.isfile()}
+        payload = b"#!/bin/sh\necho owned\n"
+        manifest = json.loads(members[MANIFEST])
+        from halo_common.files import sha256_bytes
+
+        manifest["files"].append({"path": "artifacts/999/run.sh", "sha256": sha256_bytes(payload),
+                                  "size_bytes": len(payload)})
+        members[MANIFEST] = json.dumps(manifest).encode()
+        members["artifacts/999/run.sh"] = payload
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    with pytest.raises(BadRequest, match="artifacts/999/ is not an export"):
+        other_store.import_bundle(RunImportRequest(path=str(forged)))
+    assert not other_store.run_dir(em.run_id).exists()
+    for bad in ("artifacts/x/run.sh", "artifacts/run.sh"):
+        with pytest.raises(BadRequest, match="is not one of the run's files"):
+            from halo_registry.core.bundles import check_member_name
+
+            check_member_name(bad)
+
+
 def test_consistent_but_malformed_content_is_refused_by_line(bundle_path: Path, other_store: RegistryStore,
                                                               tmp_path: Path) -> None:
     """A bundle whose manifest was rewritten to match a broken member: the checksums pass, the

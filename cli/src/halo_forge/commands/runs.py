@@ -366,9 +366,12 @@ def bundle(
     run_id: str = typer.Argument(..., help="Run id."),
     out: Path = typer.Option(..., "--output", "-o", help="Archive to write (.tar.gz)."),
     adapter: bool = typer.Option(True, "--adapter/--no-adapter", help="Include the adapter files."),
+    artifacts: bool = typer.Option(False, "--artifacts/--no-artifacts",
+                                   help="Include the run's convert / merge outputs (GGUF, MLX, merged models)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
 ) -> None:
-    """Pack spec, replay manifest, metrics, summary, evals and adapter into one checksummed archive."""
+    """Pack spec, replay manifest, metrics, summary, evals and adapter (and, with --artifacts, the run's
+    exports and merged models) into one checksummed archive."""
     if out.exists() and not overwrite:
         raise BadRequest(f"{out} exists; pass --overwrite to replace it", param="output")
     client = _client(TRANSFER_TIMEOUT_S)
@@ -378,7 +381,8 @@ def bundle(
     size = 0
     try:
         with client.http.stream("GET", f"/api/v1/runs/{run_id}/bundle",
-                                params={"include_adapter": str(adapter).lower()}) as resp:
+                                params={"include_adapter": str(adapter).lower(),
+                                        "include_artifacts": str(artifacts).lower()}) as resp:
             if resp.status_code >= 400:
                 resp.read()
                 client._check(resp)

@@ -110,8 +110,8 @@ class RegistryClient:
         req = RunCostRequest(run_id=run_id, price_per_kwh=price_per_kwh)
         return await self.bus.request(subjects.REGISTRY_RUN_COST, req, RunCost, self.timeout)
 
-    async def bundle(self, run_id: str, include_adapter: bool = True) -> RunBundle:
-        req = RunBundleRequest(run_id=run_id, include_adapter=include_adapter)
+    async def bundle(self, run_id: str, include_adapter: bool = True, include_artifacts: bool = False) -> RunBundle:
+        req = RunBundleRequest(run_id=run_id, include_adapter=include_adapter, include_artifacts=include_artifacts)
         return await self.bus.request(subjects.REGISTRY_RUN_BUNDLE, req, RunBundle, self.long_timeout)
 
     async def import_bundle(self, path: str, replace: bool = False) -> RunImported:

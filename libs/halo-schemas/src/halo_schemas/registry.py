@@ -491,6 +491,9 @@ class RunBundleRequest(UserInput):
 
     run_id: RunId
     include_adapter: bool = Field(default=True, description="Include the adapter files (can be large).")
+    include_artifacts: bool = Field(
+        default=False, description="Include the run's convert / merge outputs (GGUF, MLX and HF exports, baked or "
+        "combined models) that still exist on disk, under artifacts/<artifact id>/ (can be very large).")
 
 
 class RunBundle(Message):

@@ -13,7 +13,8 @@ shared HALO_HOME (``incoming/`` for uploads, ``bundles/`` for downloads).
     GET    /api/v1/runs/{id}/metrics?names=loss&max_points=500
     GET    /api/v1/runs/{id}/cost?price_per_kwh=0.2
     GET    /api/v1/runs/{id}/replay
-    GET    /api/v1/runs/{id}/bundle?include_adapter=true   (the archive; X-Halo-Bundle-Sha256 header)
+    GET    /api/v1/runs/{id}/bundle?include_adapter=true&include_artifacts=false
+                                                   (the archive; X-Halo-Bundle-Sha256 header)
     POST   /api/v1/runs/{id}/tags  {add, remove}     POST /api/v1/runs/{id}/notes {notes, append}
     POST   /api/v1/runs/{id}/evals {results, source}
     DELETE /api/v1/runs/{id}?keep_artifacts=true&force=false
@@ -179,7 +180,8 @@ async def run_replay(run_id: str, request: Request, bus: Bus = Depends(get_bus))
 async def download_bundle(run_id: str, request: Request, bus: Bus = Depends(get_bus)) -> FileResponse:
     """The run's bundle archive; the registry writes it, this route streams and then removes it."""
     req = from_query(request, RunBundleRequest, run_id=validate_id(run_id, "run_id"))
-    bundle = await registry(request, bus).bundle(req.run_id, include_adapter=req.include_adapter)
+    bundle = await registry(request, bus).bundle(req.run_id, include_adapter=req.include_adapter,
+                                                 include_artifacts=req.include_artifacts)
     path = Path(bundle.path)
     if not await anyio.Path(path).is_file():
         raise Unavailable(f"the registry wrote {path} but the gateway cannot read it: gateway and registry must share "

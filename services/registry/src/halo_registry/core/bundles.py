@@ -10,6 +10,8 @@ Members (all listed with sha256 and size in ``MANIFEST.json``, the first member)
     power.jsonl            power samples {"step", "ts", "watts"} (keeps a measured cost measured)
     evals.json             evaluation results
     adapter/...            the adapter files (when asked and present)
+    artifacts/<id>/...     convert / merge outputs of the run (when asked and present): an export
+                           file, or the files of an exported / merged model directory
 
 Import verifies everything before it touches the database or ``runs/``: a member not in the
 manifest, a listed member missing, a size or checksum that differs, an unsafe name (empty,
@@ -44,7 +46,7 @@ from halo_common.files import sha256_bytes, sha256_file, tree_sha256
 from halo_common.ids import InvalidId, validate_id
 from halo_common.paths import IMPORTED_MARKER, HaloPaths
 from halo_schemas.base import describe_validation_error
-from halo_schemas.registry import BundleFile, BundleManifest, RunBundle, RunDetail
+from halo_schemas.registry import ArtifactInfo, BundleFile, BundleManifest, RunBundle, RunDetail
 from pydantic import ValidationError
 from sqlalchemy import Table, delete, select
 from sqlalchemy import exc as sa_exc
@@ -107,18 +109,25 @@ def adapter_source(detail: RunDetail, run_dir: Path) -> Path | None:
     return fallback if fallback.exists() else None
 
 
-def _adapter_files(src: Path) -> list[tuple[str, Path]]:
+def _tree_files(src: Path, prefix: str) -> list[tuple[str, Path]]:
+    """``(member name, file)`` for a file or every regular file under a directory (links skipped)."""
     if src.is_file():
-        return [(f"adapter/{src.name}", src)]
+        return [(f"{prefix}/{src.name}", src)]
     out = []
     for p in sorted(src.rglob("*")):
         if p.is_file() and not p.is_symlink():
-            out.append((f"adapter/{p.relative_to(src).as_posix()}", p))
+            out.append((f"{prefix}/{p.relative_to(src).as_posix()}", p))
     return out
 
 
+def bundled_artifacts(detail: RunDetail) -> list[ArtifactInfo]:
+    """The run's convert / merge outputs a bundle can carry: those with an id whose path exists."""
+    return [a for a in detail.artifacts
+            if a.kind in BUNDLED_ARTIFACT_KINDS and a.id is not None and Path(a.path).exists()]
+
+
 def make_bundle(conn: Connection, pk: int, detail: RunDetail, run_dir: Path, out_dir: Path, *,
-                include_adapter: bool, created_by: str) -> RunBundle:
+                include_adapter: bool, created_by: str, include_artifacts: bool = False) -> RunBundle:
     """Write the bundle of a run to ``out_dir/<run_id>.halo-bundle.tar.gz`` (atomically)."""
     run_id = detail.run.run_id
     blobs: dict[str, bytes] = {
@@ -136,7 +145,10 @@ def make_bundle(conn: Connection, pk: int, detail: RunDetail, run_dir: Path, out
     if include_adapter:
         src = adapter_source(detail, run_dir)
         if src is not None:
-            disk = _adapter_files(src)
+            disk = _tree_files(src, ADAPTER_DIR)
+    if include_artifacts:
+        for art in bundled_artifacts(detail):
+            disk += _tree_files(Path(art.path), f"{ARTIFACTS_DIR}/{art.id}")
     files = [BundleFile(path=n, sha256=sha256_bytes(b), size_bytes=len(b)) for n, b in blobs.items()]
     files += [BundleFile(path=n, sha256=sha256_file(p), size_bytes=p.stat().st_size) for n, p in disk]
     manifest = BundleManifest(run_id=run_id, created_by=created_by, files=sorted(files, key=lambda f: f.path))
@@ -175,6 +187,9 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 RUN_FILES = frozenset({"run.json", "spec.json", "training_summary.json", "replay.json", "metrics.jsonl",
                        "power.jsonl", "evals.json"})
 ADAPTER_DIR = "adapter"
+ARTIFACTS_DIR = "artifacts"
+#: Artifact kinds a bundle carries on request: what convert (export) and merge (model, adapter) write.
+BUNDLED_ARTIFACT_KINDS = frozenset({"export", "model"})
 _MAX_NAME_CHARS = 1024
 _MAX_PART_BYTES = 255  # NAME_MAX of every common filesystem
 
@@ -185,6 +200,11 @@ def _show(name: str) -> str:
 
 def _refused(name: str, why: str) -> BadRequest:
     return BadRequest(f"bundle member {_show(name)} {why}; refusing to import", param="path")
+
+
+def _is_artifact_dir(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and parts[0] == ARTIFACTS_DIR and parts[1].isascii() and parts[1].isdigit()
 
 
 def check_member_name(name: str) -> str:
@@ -210,9 +230,11 @@ def check_member_name(name: str) -> str:
         raise _refused(name, "has a name that is not valid UTF-8") from None
     if longest > _MAX_PART_BYTES:
         raise _refused(name, f"has a path component of {longest} bytes (at most {_MAX_PART_BYTES})")
-    if name != MANIFEST and name not in RUN_FILES and not (parts[0] == ADAPTER_DIR and len(parts) > 1):
-        raise _refused(name, f"is not one of the run's files ({', '.join(sorted(RUN_FILES))} or "
-                             f"{ADAPTER_DIR}/…)")
+    artifact = parts[0] == ARTIFACTS_DIR and len(parts) > 2 and parts[1].isascii() and parts[1].isdigit()
+    if name != MANIFEST and name not in RUN_FILES and not (parts[0] == ADAPTER_DIR and len(parts) > 1) \
+            and not artifact:
+        raise _refused(name, f"is not one of the run's files ({', '.join(sorted(RUN_FILES))}, "
+                             f"{ADAPTER_DIR}/… or {ARTIFACTS_DIR}/<id>/…)")
     return name
 
 
@@ -247,7 +269,7 @@ def verify_extract(bundle: Path, staging: Path) -> BundleManifest:
             for member in tar:
                 if member.isdir():
                     name = member.name.rstrip("/")
-                    if name != ADAPTER_DIR:
+                    if name not in (ADAPTER_DIR, ARTIFACTS_DIR) and not _is_artifact_dir(name):
                         check_member_name(name)
                     continue
                 name = check_member_name(member.name)
@@ -497,6 +519,7 @@ def _insert(db: Database, conn: Connection, detail: RunDetail, tree: Path, run_d
             size_bytes=sum(f.size_bytes for f in adapter_files.values()),
             step=original.step if original else None, created_at=utc(manifest.created_at),
         ))
+    _insert_artifacts(conn, pk, detail, run_dir, manifest)
     # Only the run's own parent links: a bundle must not add lineage to runs that live here (its
     # "children" are runs of the source machine; a child imported here brings its own link).
     links = {lk.parent_run_id: lk for lk in detail.parents if lk.parent_run_id != r.run_id}
@@ -506,6 +529,32 @@ def _insert(db: Database, conn: Connection, detail: RunDetail, tree: Path, run_d
                                             "relation": lk.relation, "step": lk.step, "cycle": lk.cycle,
                                             "created_at": utc(lk.created_at)}, "run.json parents[]")
                             for lk in links.values()])
+
+
+def _insert_artifacts(conn: Connection, pk: int, detail: RunDetail, run_dir: Path, manifest: BundleManifest) -> None:
+    """Artifact rows for the convert / merge outputs the bundle carries, pointing at their new home
+    ``run_dir/artifacts/<source artifact id>/``, with the source row's kind, format, quant, verify
+    status and figures; size and sha256 are those of the files that arrived."""
+    by_id: dict[str, dict[str, BundleFile]] = {}
+    for f in manifest.files:
+        parts = f.path.split("/", 2)
+        if parts[0] == ARTIFACTS_DIR:
+            by_id.setdefault(parts[1], {})[parts[2]] = f
+    source = {str(a.id): a for a in detail.artifacts if a.id is not None}
+    for art_id, files in sorted(by_id.items()):
+        art = source.get(art_id)
+        if art is None or art.kind not in BUNDLED_ARTIFACT_KINDS:
+            raise BadRequest(f"bundle member {ARTIFACTS_DIR}/{art_id}/ is not an export or merged model listed in "
+                             "run.json artifacts; refusing to import", param="path")
+        home = run_dir / ARTIFACTS_DIR / art_id
+        single = Path(art.path).name if len(files) == 1 and Path(art.path).name in files else None
+        path = home / single if single else home
+        sha = files[single].sha256 if single else tree_sha256({p: f.sha256 for p, f in files.items()})
+        conn.execute(artifacts.insert().values(**_fits(artifacts, dict(
+            run_pk=pk, kind=art.kind, format=art.format, path=str(path), sha256=sha,
+            size_bytes=sum(f.size_bytes for f in files.values()), step=art.step, created_at=utc(art.created_at),
+            quant=art.quant, status=art.status, details={**art.details, "imported_from": art.path} or None,
+        ), f"run.json artifacts[{art_id}]")))
 
 
 def created_by(version: str) -> str:

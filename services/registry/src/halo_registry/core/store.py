@@ -199,7 +199,8 @@ class RegistryStore:
         with self.db.read() as conn:
             pk, detail = self._detail(conn, req.run_id)
             return bundles.make_bundle(conn, pk, detail, self.run_dir(req.run_id), self.bundles_dir,
-                                       include_adapter=req.include_adapter, created_by=bundles.created_by(self.version))
+                                       include_adapter=req.include_adapter, include_artifacts=req.include_artifacts,
+                                       created_by=bundles.created_by(self.version))
 
     def import_bundle(self, req: RunImportRequest) -> RunImported:
         run_id, files = bundles.import_bundle(self.db, Path(req.path).expanduser(), self.paths, replace=req.replace)
