@@ -107,7 +107,8 @@ class TrainingProbeSpec(UserInput):
 
     every_n_steps: int | None = Field(default=None, ge=1, description="Probe every N optimizer steps (at the "
                                       "checkpoint written then).")
-    every_cycle: bool = Field(default=False, description="Probe after every RL cycle (RAFT/GRPO iteration).")
+    every_cycle: bool = Field(default=False, description="Probe after every cycle: each RAFT cycle's policy; for "
+                              "step-based methods (SFT, DPO, ORPO, RM, GRPO) every checkpoint.")
     tasks: list[str] = Field(default_factory=lambda: ["offline"], min_length=1, description="Tasks to probe.")
     limit: int = Field(default=50, ge=1, le=100000, description="Documents per task.")
     tolerance: float = Field(default=0.05, ge=0, le=1, description="Allowed drop vs the base model's scores.")

@@ -334,6 +334,9 @@ class RAFTSpec(RLSpecBase):
             raise ValueError("max_steps does not apply to RAFT: set cycles (each trains 'epochs' over its kept samples)")
         if self.num_processes > 1:
             raise ValueError("RAFT runs in one process (generation and verification are batched): set num_processes=1")
+        if self.probe is not None and not self.probe.every_cycle:
+            raise ValueError("probe: RAFT probes each cycle's policy; set probe.every_cycle=true (every_n_steps "
+                             "applies to step-based methods)")
         return self
 
 

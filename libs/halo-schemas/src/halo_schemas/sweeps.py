@@ -78,18 +78,50 @@ class SearchParam(UserInput):
         return self
 
 
+#: Prefix of an objective scored by the eval service: ``eval:<task>`` or ``eval:<task>:<metric>``.
+EVAL_PREFIX = "eval:"
+
+
+class EvalObjectiveOptions(UserInput):
+    """How each finished trial is evaluated when the objective is ``eval:<task>[:<metric>]``: one lm-eval job on
+    the eval service over the trial's run (``run:<id>``, its adapter over its base)."""
+
+    schema_id = "halo.spec.sweep-objective-eval.v1"
+
+    limit: float | None = Field(default=100, gt=0, description="Documents of the task per evaluation (an integer, "
+                                "or a fraction < 1; None: the whole task).")
+    num_fewshot: int | None = Field(default=None, ge=0, le=64, description="Few-shot examples (default: the task's).")
+    batch_size: int = Field(default=8, ge=1, le=1024, description="lm-eval batch size.")
+    apply_chat_template: bool = Field(default=False, description="Format prompts with the model's chat template.")
+
+
 class ObjectiveSpec(UserInput):
-    """What a trial is scored by: a metric the trainer reports in its run events."""
+    """What a trial is scored by: a metric the trainer reports in its run events, or an eval task's metric."""
 
     schema_id = "halo.spec.sweep-objective.v1"
 
     metric: str = Field(
         default="loss", min_length=1,
         description="A run-event metric of the method (docs/metrics.md): loss, eval_loss (needs eval data), "
-        "reward_accuracy (dpo), reward_mean / pass_rate (grpo, raft: the verifier reward)...")
+        "reward_accuracy (dpo), reward_mean / pass_rate (grpo, raft: the verifier reward)... or "
+        "eval:<task>[:<metric>]: an lm-eval task's metric (default: its primary metric) on the trial's trained "
+        "model, from an eval-service job run after the trial (e.g. eval:halo_arith_mc:acc).")
     mode: Literal["final", "best"] = Field(
-        default="final", description="final: the last reported value; best: the best value over the run.")
+        default="final", description="final: the last reported value; best: the best value over the run (run-event "
+        "metrics; an eval objective has one value per trial).")
     direction: Literal["minimize", "maximize"] = Field(default="minimize", description="minimize | maximize.")
+    eval: EvalObjectiveOptions | None = Field(
+        default=None, description="Options of the evaluation behind an eval:<task> objective (default: limit 100).")
+
+    @model_validator(mode="after")
+    def _check_eval(self) -> ObjectiveSpec:
+        if self.metric.startswith(EVAL_PREFIX):
+            parts = self.metric.split(":", 2)
+            if not parts[1].strip() or (len(parts) == 3 and not parts[2].strip()):
+                raise ValueError(f"metric: {self.metric!r}: an eval objective is eval:<task> or eval:<task>:<metric>")
+        elif self.eval is not None:
+            raise ValueError("eval: evaluation options need an eval:<task>[:<metric>] objective metric")
+        return self
 
 
 class PruningSpec(UserInput):
@@ -125,7 +157,11 @@ class SweepSpec(UserInput):
     n_trials: int = Field(default=8, ge=1, le=10000, description="Trials to run (finished, pruned and failed count).")
     parallel_trials: int = Field(
         default=1, ge=1, le=64,
-        description="Trials running at once. Bounded by the host's accelerators: one at a time on a single device.")
+        description="Trials running at once. At most the host's trial slots (its accelerator devices; 1 on a single "
+        "device or on CPU) unless oversubscribe is set.")
+    oversubscribe: bool = Field(
+        default=False, description="Allow parallel_trials above the host's trial slots: trials then share a device "
+        "(slower each, and may run out of memory).")
     pruning: PruningSpec = Field(default_factory=PruningSpec, description="Early stopping of unpromising trials.")
     seed: int = Field(default=42, ge=0, description="Seed of the sampler (trials keep the base spec's seed).")
     tags: list[str] = Field(default_factory=list, description="Tags added to every trial run (besides sweep:<id>).")

@@ -198,6 +198,42 @@ class Raft:
         self.state = RaftState.load(self.run)
         self.reward: VerifierReward | None = None
         self.labels: list[str] = []
+        self.prober = self._prober()
+
+    def _prober(self) -> Any:
+        """The spec's ``probe`` (every cycle's policy, as a job on the eval service), or None."""
+        if self.spec.probe is None:
+            return None
+        from halo_trainer_torch.core.components.probe import Prober, bus_submitter
+
+        submit = bus_submitter(self.ctx.reporter, self.spec.probe.timeout_s)
+        if submit is None:
+            log.warning("probe: no bus to reach the eval service from this process; probing is off")
+            return None
+        return Prober(self.spec.probe, base_model=self.spec.model, run=self.run, submit=submit,
+                      reporter=self.ctx.reporter)
+
+    def probe_cycle(self, k: int) -> bool:
+        """Probe the policy cycle ``k`` trained (once, also across attempts); True when the run must stop."""
+        if self.prober is None:
+            return False
+        done = next((h for h in self.prober.history if h.get("cycle") == k), None)
+        if done is None:
+            trained = (self.state.stage(k, "train") or {}).get("trained")
+            rel = self.state.policy_before(k + 1)
+            if not trained or rel is None:
+                return False
+            self.prober.check(self.run.root / rel, self.state.step_before(k + 1), cycle=k)
+            done = self.prober.history[-1]
+        if not done["ok"] and self.spec.probe.on_regression == "stop":
+            self.prober.stopped_at = done["step"]
+            return True
+        return False
+
+    def last_good_rel(self) -> str | None:
+        """Run-relative policy of the last cycle that passed its probe (None: the base model)."""
+        good = self.prober.last_good if self.prober is not None else None
+        return str(good.relative_to(self.run.root)) if good is not None else None
 
     # ---- policies -------------------------------------------------------------------------------
     def load_policy(self, rel: str | None, *, trainable: bool) -> Any:
@@ -388,6 +424,9 @@ class Raft:
         """Keep the weights of the newest ``keep_checkpoints`` trained cycles (older ones are only history)."""
         trained = [j for j in range(1, k + 1) if (self.state.stage(j, "train") or {}).get("trained")] + [k]
         keep = set(sorted(set(trained))[-self.spec.keep_checkpoints:])
+        good = self.last_good_rel()
+        if good is not None:  # a stop by the probe ends on it: it must outlive pruning
+            keep.add(int(Path(good).parts[1]))
         for j in set(trained) - keep:
             for name in ("adapter", "model"):
                 shutil.rmtree(self.run.root / "cycles" / str(j) / name, ignore_errors=True)
@@ -488,9 +527,13 @@ class Raft:
         del start_policy
 
         samples_log = SamplesLog(self.run.root / "samples.jsonl")
+        if self.prober is not None:
+            self.prober.start()
         try:
             for k in range(1, spec.cycles + 1):
                 if state.cycle_done(k):
+                    if self.probe_cycle(k):
+                        break
                     continue
                 self.check_stop()
                 policy = None
@@ -518,6 +561,8 @@ class Raft:
                     self.stage_metrics(k, "train", stats)
                 if not state.done(k, "checkpoint"):
                     state.mark(k, "checkpoint", **self.checkpoint(k))
+                if self.probe_cycle(k):
+                    break
         except Stopped as stop:
             steps = state.step_before(next((k for k in range(1, spec.cycles + 1) if not state.cycle_done(k)),
                                            spec.cycles + 1))
@@ -543,8 +588,10 @@ class Raft:
                before_samples: list[str] | None, trainable: int, total: int, resumed_step: int | None) -> RecipeResult:
         spec, state = self.spec, self.state
         assert self.reward is not None
-        final_rel = state.policy_before(spec.cycles + 1)
-        steps = state.step_before(spec.cycles + 1)
+        stopped = self.prober is not None and self.prober.stopped_at is not None
+        # Stopped by the probe: the run ends on the last cycle that passed (or the base model).
+        final_rel = self.last_good_rel() if stopped else state.policy_before(spec.cycles + 1)
+        steps = self.prober.stopped_at if stopped else state.step_before(spec.cycles + 1)
         # trainable=True: the fingerprint below compares the same (trainable) parameters as at the start
         policy = self.load_policy(final_rel, trainable=True)
         ev_after = evaluate_policy(policy, self.tok, eval_prompts, self.reward, spec, seed=spec.seed)
@@ -561,6 +608,8 @@ class Raft:
             "verifier_transport": spec.verifier_transport, "raft_attempts": state.attempt,
             "curriculum": spec.curriculum.strategy, "shaping": spec.shaping.strategy,
         })
+        if self.prober is not None:
+            extras["probe"] = self.prober.summary()
         if spec.sample_prompts and before_samples is not None:
             after = generate_samples(policy, self.tok, spec.sample_prompts, spec.sample_max_new_tokens)
             extras["samples"] = [{"prompt": p, "before": b, "after": a}
@@ -570,6 +619,7 @@ class Raft:
             outputs = self.export(final_rel, policy)
         updated = final_rel is not None and trainable_fingerprint(policy) != state.data.get("start_fingerprint")
         return RecipeResult(state="succeeded", steps=steps, total_steps=steps, weights_updated=updated,
+                            stop_reason="probe-regressed" if stopped else None,
                             trainable_parameters=trainable, total_parameters=total, resumed_from_step=resumed_step,
                             outputs=outputs, extras=extras)
 
