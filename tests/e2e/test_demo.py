@@ -1,5 +1,6 @@
 """``halo-forge demo`` end to end: starts the local stack (nats-server + every installed service as
-processes), runs SFT and DPO on the tiny-model kit through the gateway, serves the DPO model and asks it a
+processes), runs SFT and DPO on the tiny-model kit through the gateway, evaluates base / SFT / DPO through the
+eval service (lm-eval, the offline suite's demo task: SFT must gain), serves the DPO model and asks it a
 question through the official ``openai`` SDK (streamed), runs RAFT, prints the before/after comparison, and
 ``halo-forge down`` stops everything.
 
@@ -37,7 +38,7 @@ def test_demo_trains_sft_dpo_and_raft_through_the_stack(tmp_path: Path) -> None:
         r = subprocess.run([CLI, "demo"], capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
         out = r.stdout
-        assert "1/4 SFT" in out and "2/4 DPO" in out and "3/4 serve" in out and "4/4 RAFT" in out
+        assert all(f"{i}/5 {stage}" in out for i, stage in enumerate(["SFT", "DPO", "eval", "serve", "RAFT"], 1))
         assert "before / after" in out
         rows = [line for line in out.splitlines() if line.startswith("│ What")]
         assert len(rows) == 4
@@ -46,7 +47,15 @@ def test_demo_trains_sft_dpo_and_raft_through_the_stack(tmp_path: Path) -> None:
         assert cells[2] == "A cow says moo." and cells[3] == "A cow says moo!"  # learned, then preference-tuned
         # Served (run:<dpo run> through the gateway's /v1, the openai SDK, streamed), greedy: what DPO produced.
         assert "assistant: A cow says moo!" in out, out[-3000:]
-        runs = sorted((home / "runs").iterdir())  # ids sort by creation time
+        # Evaluated through the eval service (lm-eval): SFT learned the demo task; its delta is printed.
+        evals = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+                 for line in out.splitlines() if line.startswith("│ halo_")}
+        assert set(evals) == {"halo_animals_mc", "halo_arith_mc"}, out[-3000:]
+        metric, base, after_sft, after_dpo, delta = evals["halo_animals_mc"]
+        assert metric == "acc" and float(after_sft) >= float(base) + 0.3 and float(after_dpo) >= float(base) + 0.3
+        assert float(delta) == pytest.approx(float(after_dpo) - float(base), abs=1.5e-3)
+        # ids sort by creation time; the eval jobs have run directories of their own (no training summary)
+        runs = sorted(r for r in (home / "runs").iterdir() if (r / "training_summary.json").is_file())
         assert len(runs) == 4
         summaries = [json.loads((run / "training_summary.json").read_text()) for run in runs]
         assert [s["method"] for s in summaries] == ["sft", "dpo", "sft", "raft"]  # RL warm-up SFT, then RAFT

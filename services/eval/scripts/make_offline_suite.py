@@ -10,6 +10,11 @@ Four tasks, 100 items each, from a fixed seed: the same bytes on every machine (
 * ``halo_code_output`` code, exact match — a 2-4 line Python program; the answer is what it prints.
   The expected output is computed by running the program here (in-process ``exec`` of code this
   script wrote itself), so the gold labels cannot drift from Python's semantics.
+
+And one task outside the ``halo_offline`` group, for the demo's before/after:
+
+* ``halo_animals_mc``  multiple choice, chat — "What sound does a cow make?" answered "A cow says moo."
+  among three other animals' sounds (the 20 animals and two phrasings the demo's SFT data teaches).
 """
 
 from __future__ import annotations
@@ -86,7 +91,26 @@ def code_output(rng: random.Random) -> list[dict]:
     return rows
 
 
-TASKS = {"arith_mc": arith_mc, "arith_gen": arith_gen, "compare_mc": compare_mc, "code_output": code_output}
+ANIMALS = [("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), ("sheep", "baa"), ("pig", "oink"),
+           ("horse", "neigh"), ("lion", "roar"), ("owl", "hoot"), ("frog", "ribbit"), ("bee", "buzz"),
+           ("snake", "hiss"), ("mouse", "squeak"), ("goat", "bleat"), ("crow", "caw"), ("donkey", "hee-haw"),
+           ("rooster", "cock-a-doodle-doo"), ("wolf", "howl"), ("turkey", "gobble"), ("chick", "cheep")]
+
+
+def animals_mc(rng: random.Random) -> list[dict]:
+    rows = []
+    for i, (animal, sound) in enumerate(ANIMALS):
+        for j, question in enumerate((f"What sound does a {animal} make?", f"What does a {animal} say?")):
+            others = rng.sample([s for a, s in ANIMALS if a != animal], 3)
+            choices = [f"A {animal} says {s}." for s in [sound, *others]]
+            rng.shuffle(choices)
+            rows.append({"id": f"animals_mc_{2 * i + j}", "question": question, "choices": choices,
+                         "gold": choices.index(f"A {animal} says {sound}.")})
+    return rows
+
+
+TASKS = {"arith_mc": arith_mc, "arith_gen": arith_gen, "compare_mc": compare_mc, "code_output": code_output,
+         "animals_mc": animals_mc}
 
 
 def build(out_dir: Path = DATA) -> dict[str, Path]:

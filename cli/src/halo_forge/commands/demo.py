@@ -4,7 +4,11 @@
 2. SFT: teaches a random-weight tiny Llama a small bundled task (which sound each animal makes);
 3. DPO (RPO loss, LoRA): on top of the SFT model, prefers enthusiastic answers ("moo!") over flat ones ("moo.");
 4. prints what the model answered before training, after SFT and after DPO, with the key metrics;
-5. RL (``--rl raft``, the default, or ``grpo``; see :mod:`halo_forge.commands.demo_rl`): a warm-up SFT on the
+5. eval: the base, SFT and DPO models on the built-in offline suite's ``halo_animals_mc`` (the demo task, chat
+   template) and ``halo_arith_mc`` (something the demo never taught) through the eval service
+   (lm-evaluation-harness), with the delta; the runs' results land in the registry (cohort grid);
+6. serve: the DPO model through the OpenAI-compatible API, asked with the official ``openai`` SDK, streamed;
+7. RL (``--rl raft``, the default, or ``grpo``; see :mod:`halo_forge.commands.demo_rl`): a warm-up SFT on the
    "answer tags" task (``tag:river`` -> ``<answer>river</answer>``), then RL rewarded by verifiers over the bus
    for the right answer (each record's expected answer) with partial credit for the format; prints the share
    of right answers before and after, and each sample answer marked right or wrong by the same verifiers.
@@ -104,7 +108,7 @@ def demo(
     through the local stack, and compare answers and rewards before/after."""
     if rl not in ("raft", "grpo", "none"):
         raise BadRequest(f"--rl must be raft, grpo or none, got {rl!r}", param="rl")
-    stages = 1 + (not skip_dpo) * 2 + (rl != "none")
+    stages = 1 + (not skip_dpo) * 3 + (rl != "none")
     gateway_url()  # starts the local stack when HALO_GATEWAY_URL does not name one
     client = GatewayClient.from_env()
     sft = _run(client, "sft", sft_spec(sft_epochs),
@@ -128,11 +132,52 @@ def demo(
     for line in lines:
         console.print(line)
     if dpo is not None:
-        console.rule(f"[bold]3/{stages} serve: the DPO model through the OpenAI-compatible API, streamed")
+        console.rule(f"[bold]3/{stages} eval: base vs SFT vs DPO on the offline suite (lm-evaluation-harness)")
+        evaluate_models(client, [("base (random)", "tiny://llama"), ("after SFT", f"run:{sft['run_id']}"),
+                                 ("after DPO", f"run:{dpo['run_id']}")])
+        console.rule(f"[bold]4/{stages} serve: the DPO model through the OpenAI-compatible API, streamed")
         serve_and_ask(client, dpo, DEMO_PROMPTS[0])
     if rl != "none":
         console.rule(f"[bold]{stages}/{stages} {rl.upper()}")
         run_rl_stage(client, final, method=rl, step_label=f"{stages}/{stages}")
+
+
+#: The demo's eval: the task it teaches and one it does not (the delta there should be noise, not a gain).
+EVAL_TASKS = ["halo_animals_mc", "halo_arith_mc"]
+EVAL_LIMIT = 40
+
+
+def evaluate_models(client: GatewayClient, models: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """Evaluate each ``(label, model)`` on :data:`EVAL_TASKS` as jobs on the eval service (the model's chat
+    template on); print a task x model table with the last model's delta against the first. Returns
+    label -> task -> primary metric."""
+    from halo_forge.commands.eval import wait_finished
+
+    scores: dict[str, dict[str, float]] = {}
+    metric: dict[str, str] = {}
+    for label, model in models:
+        body = {"model": model, "tasks": EVAL_TASKS, "limit": EVAL_LIMIT, "batch_size": 16,
+                "apply_chat_template": True, "record": model.startswith("run:")}
+        sub = client.post("/api/v1/eval/jobs", body)
+        console.print(f"eval job [bold]{sub['job_id']}[/] · {label}: {model}")
+        final = wait_finished(client, sub["run_id"], quiet=True)
+        if final.get("state") != "succeeded":
+            raise HaloError(f"demo eval of {model} {final.get('state')}: {final.get('error') or 'no reason given'}")
+        tasks = (final.get("summary") or {}).get("tasks") or {}
+        scores[label] = {t: float(v["value"]) for t, v in tasks.items()}
+        metric.update({t: v["metric"] for t, v in tasks.items()})
+    first, last = models[0][0], models[-1][0]
+    table = Table(title="lm-evaluation-harness, offline suite (chat template)")
+    table.add_column("task", style="bold")
+    table.add_column("metric")
+    for label, _ in models:
+        table.add_column(label, justify="right")
+    table.add_column(f"Δ {last} − {first.split(' ')[0]}", justify="right", style="green")
+    for task in EVAL_TASKS:
+        values = [scores[label].get(task, float("nan")) for label, _ in models]
+        table.add_row(task, metric.get(task, "?"), *(f"{v:.3f}" for v in values), f"{values[-1] - values[0]:+.3f}")
+    console.print(table)
+    return scores
 
 
 def serve_and_ask(client: GatewayClient, run: dict[str, Any], prompt: str) -> str:

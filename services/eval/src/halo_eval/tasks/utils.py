@@ -34,3 +34,7 @@ def compare_mc(**_: object) -> datasets.DatasetDict:
 
 def code_output(**_: object) -> datasets.DatasetDict:
     return _load("code_output")
+
+
+def animals_mc(**_: object) -> datasets.DatasetDict:
+    return _load("animals_mc")
