@@ -173,3 +173,27 @@ def test_unknown_verifier_lists_the_known_ones() -> None:
     with pytest.raises(NotFound) as err:
         REGISTRY.resolve("gcc-13")
     assert err.value.param == "spec.name" and "gcc" in err.value.message and "humaneval" in err.value.message
+
+
+def test_a_missing_python_module_makes_a_verifier_unavailable_with_its_hint(engine: VerifierEngine) -> None:
+    reg = VerifierRegistry()
+
+    @register_verifier("needs_module", registry=reg, origin="test")
+    class NeedsModule(Verifier):
+        """Needs a package that is not installed."""
+        python_modules = ("json", "halo_no_such_module_anywhere")
+        install_hint = "pip install halo-no-such-module"
+
+        def verify(self, completion: str, context: VerifyContext):  # type: ignore[override]
+            raise AssertionError("never called when unavailable")
+
+    info = {v.name: v for v in reg.inventory(engine.runtime)}["needs_module"]
+    assert not info.available and info.unavailable_reason == "halo_no_such_module_anywhere not installed"
+    assert info.install_hint == "pip install halo-no-such-module"
+    eng = VerifierEngine(engine.runtime, reg, cache=None, workers=1)
+    try:
+        r = eng.verify(VerifierSpec(name="needs_module"), "x")
+    finally:
+        eng.close()
+    assert r.stage == VerifyStage.UNAVAILABLE and r.error_type == "unavailable"
+    assert r.details["install_hint"] == "pip install halo-no-such-module"

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from halo_common.paths import HaloPaths
 from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from pydantic import BaseModel, ConfigDict
 
@@ -122,6 +123,10 @@ class Runtime:
     compile_limits: SandboxLimits = COMPILE_LIMITS
     judges: dict[str, Callable[..., Any]] = field(default_factory=dict)
     registry: Any = None  # VerifierRegistry; typed loosely to avoid an import cycle
+    # HALO_HOME of the runs a learned verifier (reward_model) may load; None = $HALO_HOME.
+    paths: HaloPaths | None = None
+    # The host's HALO_ALLOW_REMOTE_CODE: whether a model trained here with trust_remote_code may run its code.
+    allow_remote_code: bool = False
 
     def sandbox_availability(self) -> Availability:
         if self.sandbox is not None:
@@ -131,9 +136,19 @@ class Runtime:
         return Availability(False, self.sandbox_problem or "no sandbox available", INSTALL_HINT)
 
 
+def missing_modules(cls: type[Verifier]) -> list[str]:
+    """The verifier's ``python_modules`` that cannot be imported here."""
+    import importlib.util
+
+    return [m for m in cls.python_modules if importlib.util.find_spec(m) is None]
+
+
 class Verifier(abc.ABC):
     """Base class of every verifier. Subclasses set ``Params`` (a :class:`VerifierParams`),
     ``kind``, optionally ``toolchains_needed`` / ``sandboxed`` and implement :meth:`verify`.
+
+    ``python_modules`` are Python packages the verifier imports lazily (e.g. torch for ``reward_model``); when
+    one is missing the verifier is unavailable, with ``install_hint``.
 
     ``name`` is set by :func:`~halo_verifiers.registry.register_verifier`. Bump
     ``version`` when the same inputs should give a different result (it is part of the cache key).
@@ -145,6 +160,8 @@ class Verifier(abc.ABC):
     version: ClassVar[str] = "1"
     sandboxed: ClassVar[bool] = False
     toolchains_needed: ClassVar[tuple[str, ...]] = ()
+    python_modules: ClassVar[tuple[str, ...]] = ()
+    install_hint: ClassVar[str | None] = None
 
     def __init__(self, params: VerifierParams, runtime: Runtime) -> None:
         self.params = params
@@ -165,7 +182,10 @@ class Verifier(abc.ABC):
 
     # ---- availability ----------------------------------------------------------------------
     def availability(self, context: VerifyContext | None = None) -> Availability:
-        """Sandbox and toolchains present? Checked before :meth:`verify` and for the inventory."""
+        """Sandbox, toolchains and Python modules present? Checked before :meth:`verify` and for the inventory."""
+        missing = missing_modules(type(self))
+        if missing:
+            return Availability(False, f"{', '.join(missing)} not installed", self.install_hint)
         if self.sandboxed:
             sb = self.runtime.sandbox_availability()
             if not sb.ok:

@@ -28,7 +28,8 @@ from halo_schemas.verifiers import VerifyContext, VerifyResult
 from pydantic import BaseModel
 
 #: error types that say nothing about the completion: never cached
-UNCACHEABLE_ERRORS = frozenset({"unavailable", "sandbox_unavailable", "internal", "judge_request_failed"})
+UNCACHEABLE_ERRORS = frozenset({"unavailable", "sandbox_unavailable", "internal", "judge_request_failed",
+                                "reward_model_load_failed"})
 
 
 def cache_key(verifier: str, version: str, params: BaseModel | dict[str, Any], completion: str,

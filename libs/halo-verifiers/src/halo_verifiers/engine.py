@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from halo_common.paths import HaloPaths
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyItem, VerifyResult
 
 from halo_verifiers.base import Runtime, Verifier, VerifierParams
@@ -86,17 +87,22 @@ class VerifierEngine:
         cache: ResultCache | None | bool = True,
         plugins_dir: Path | None = None,
         registry: VerifierRegistry = REGISTRY,
+        home: Path | None = None,
+        allow_remote_code: bool = False,
         **sandbox_kwargs: Any,
     ) -> VerifierEngine:
         """An engine with a detected sandbox (None + a reason when none works: fail closed),
-        a memory cache (``cache=False`` for none) and plugins loaded from ``plugins_dir``."""
+        a memory cache (``cache=False`` for none) and plugins loaded from ``plugins_dir``. ``home`` is the
+        HALO_HOME whose runs a learned verifier (``reward_model``) loads (default ``$HALO_HOME``);
+        ``allow_remote_code`` is the host's ``HALO_ALLOW_REMOTE_CODE``."""
         try:
             sandbox: Sandbox | None = Sandbox.detect(mechanism, allow_host=allow_host, **sandbox_kwargs)
             problem = None
         except SandboxUnavailable as exc:
             sandbox, problem = None, exc.message
             log.error("verifier sandbox unavailable: %s", problem)
-        runtime = Runtime(sandbox=sandbox, toolchains=Toolchains(), sandbox_problem=problem)
+        runtime = Runtime(sandbox=sandbox, toolchains=Toolchains(), sandbox_problem=problem,
+                          paths=HaloPaths(home) if home is not None else None, allow_remote_code=allow_remote_code)
         if sandbox is not None:
             _expose_toolchains(runtime)
         rc = ResultCache() if cache is True else (cache if isinstance(cache, ResultCache) else None)

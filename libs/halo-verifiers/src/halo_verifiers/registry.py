@@ -48,7 +48,7 @@ from halo_schemas.verifiers import (
 )
 from pydantic import ValidationError
 
-from halo_verifiers.base import Availability, NoParams, Runtime, Verifier, VerifierParams
+from halo_verifiers.base import Availability, NoParams, Runtime, Verifier, VerifierParams, missing_modules
 
 log = logging.getLogger("halo_verifiers.registry")
 
@@ -276,7 +276,10 @@ class VerifierRegistry:
 
 
 def class_availability(cls: type[Verifier], runtime: Runtime) -> Availability:
-    """Availability from the class (no params needed): sandbox, then ``toolchains_needed``."""
+    """Availability from the class (no params needed): Python modules, sandbox, then ``toolchains_needed``."""
+    missing = missing_modules(cls)
+    if missing:
+        return Availability(False, f"{', '.join(missing)} not installed", cls.install_hint)
     if cls.sandboxed:
         sb = runtime.sandbox_availability()
         if not sb.ok:

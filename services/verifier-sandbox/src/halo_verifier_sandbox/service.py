@@ -61,7 +61,7 @@ class VerifierSandbox(Service):
             workers=s.workers or None, mechanism=s.mechanism, allow_host=s.allow_host,
             cache=cache if cache is not None else False,
             uid_base=s.uid_base, uid_count=max(s.uid_count, s.workers or 0), base_dir=s.base_dir,
-            hide=_hidden_paths(s),
+            hide=_hidden_paths(s), home=s.paths.home, allow_remote_code=s.allow_remote_code,
         )
         engine.observer = self.metrics.observe
         return engine

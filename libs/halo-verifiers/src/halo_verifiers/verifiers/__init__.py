@@ -7,6 +7,7 @@ from halo_verifiers.verifiers import (  # noqa: F401
     llm_judge,
     multi,
     python_tests,
+    reward_model,
     structured,
     text_metrics,
 )

