@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's Chromium, headless, driven by Playwright) against a real stack:
 nats-server, gateway, registry and trainer-torch as processes. Each test saves a screenshot in its tmp dir.
 
-Launch a tiny SFT from the Train form (generated from the spec's JSON Schema) and watch its curve grow live;
+Launch a tiny SFT from the Train form (generated from the spec's JSON Schema) and watch its curve grow live
+(and its event log end with the finish);
 cancel a run; compare two runs with the differing config keys highlighted; the cohort grid with the best cell
 marked; and signing in to a gateway bound to a non-loopback address in a network namespace the test makes —
 denied without the token, allowed with it, SSE included."""
@@ -111,6 +112,8 @@ def test_launch_sft_from_the_train_form_and_watch_the_curve_grow(stack: ProcessS
     assert len(distinct) >= 3, f"the loss curve did not grow live: point counts seen {distinct}"
     assert distinct[-1] >= 40 - 1 and seen == sorted(seen)  # grew monotonically to every logged step
     assert "40 / 40" in page.get_by_test_id("run-step").inner_text()
+    log = page.get_by_test_id("event-log").inner_text()  # the event log's tail: progress lines, then the finish
+    assert "progressed" in log and "loss=" in log and "step 40" in log and log.rstrip().endswith("succeeded")
     page.get_by_test_id("artifacts").wait_for(timeout=30_000)  # registry detail arrived: artifacts, evals, cost
     assert run_status(stack, run_id) == "succeeded"
 

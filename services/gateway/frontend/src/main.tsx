@@ -10,11 +10,12 @@ import { Train } from "./pages/train";
 import { Compare } from "./pages/compare";
 import { Evaluate } from "./pages/evaluate";
 import { Models } from "./pages/models";
+import { Sweeps, SweepDetail } from "./pages/sweeps";
 import { Connection, type AuthState } from "./pages/connection";
 
 const NAV: [string, string][] = [
   ["", "Overview"], ["train", "Train"], ["runs", "Runs"], ["compare", "Compare"], ["evaluate", "Evaluate"],
-  ["models", "Models"], ["connection", "Connection"],
+  ["models", "Models"], ["sweeps", "Sweeps"], ["connection", "Connection"],
 ];
 
 function App() {
@@ -40,6 +41,8 @@ function App() {
   else if (page === "compare") body = <Compare query={route.query} />;
   else if (page === "evaluate") body = <Evaluate />;
   else if (page === "models") body = <Models />;
+  else if (page === "sweeps" && route.path[1]) body = <SweepDetail sweepId={route.path[1]} />;
+  else if (page === "sweeps") body = <Sweeps />;
   else body = <Overview />;
   return (
     <div class="shell">

@@ -47,9 +47,9 @@ export function Models() {
         <table>
           <thead><tr><th>id</th><th>base</th><th>format</th><th>backend</th><th>loaded</th><th>memory</th><th /></tr></thead>
           <tbody>{models.map((m: any) => (
-            <tr><td>{m.id}</td><td>{m.base ?? NA}</td><td>{m.format ?? NA}</td><td>{m.backend ?? NA}</td>
-              <td>{m.loaded ? "yes" : "no"}</td><td>{bytes(m.memory_bytes)}</td>
-              <td><button class="secondary" onClick={() => unload(m.id)}>Unload</button></td></tr>
+            <tr data-model={m.id}><td>{m.id}</td><td>{m.base ?? NA}</td><td>{m.format ?? NA}</td><td>{m.backend ?? NA}</td>
+              <td data-testid="model-loaded">{m.loaded ? "yes" : "no"}</td><td>{bytes(m.memory_bytes)}</td>
+              <td><button class="secondary" disabled={!m.loaded} onClick={() => unload(m.id)}>Unload</button></td></tr>
           ))}</tbody>
         </table>
         <form class="row" onSubmit={load}>
@@ -60,12 +60,12 @@ export function Models() {
         </form>
         <ErrorBox error={error} />
       </Card>
-      <Playground models={models.map((m: any) => m.id)} />
+      <Playground models={models.map((m: any) => m.id)} onDone={list.reload} />
     </div>
   );
 }
 
-function Playground({ models }: { models: string[] }) {
+function Playground({ models, onDone }: { models: string[]; onDone: () => void }) {
   const [model, setModel] = useState("");
   const [input, setInput] = useState("");
   const [chat, setChat] = useState<{ role: string; content: string }[]>([]);
@@ -107,6 +107,7 @@ function Playground({ models }: { models: string[] }) {
       setError(err.message);
     } finally {
       setBusy(false);
+      onDone(); // the model may have been loaded for this request
     }
   };
   return (
@@ -118,7 +119,7 @@ function Playground({ models }: { models: string[] }) {
         <button class="secondary" onClick={() => setChat([])}>Clear</button>
       </div>
       <div class="chat">
-        {chat.map((m) => <div class="msg"><span class="role">{m.role}</span>{m.content}</div>)}
+        {chat.map((m) => <div class="msg" data-role={m.role}><span class="role">{m.role}</span>{m.content}</div>)}
       </div>
       <form class="row" onSubmit={send}>
         <input size={80} value={input} placeholder="Say something" onInput={(e) => setInput((e.target as HTMLInputElement).value)} />

@@ -6,6 +6,7 @@ import { Card, Chart, ErrorBox } from "../ui";
 import { bytes, duration, num, show, when, NA } from "../format";
 import { Tags } from "./runs";
 
+const LOG_LINES = 200;
 const FIRST = ["loss", "eval_loss", "reward", "reward_mean", "learning_rate", "lr", "tokens_per_second", "grad_norm"];
 type Curves = Record<string, Map<number, number>>;
 
@@ -20,6 +21,7 @@ export function RunDetail({ runId }: { runId: string }) {
   const [actionError, setActionError] = useState<string | null>(null);
   const [replay, setReplay] = useState<string | null>(null);
   const seen = useRef(new Set<string>());
+  const [log, setLog] = useState<string[]>([]);
 
   const loadDetail = () =>
     get(`/api/v1/runs/${runId}`).then((d) => { setDetail(d); setDetailError(null); return d; })
@@ -27,6 +29,7 @@ export function RunDetail({ runId }: { runId: string }) {
 
   useEffect(() => {
     setCurves({});
+    setLog([]);
     seen.current = new Set();
     loadDetail();
     get(`/api/v1/runs/${runId}/metrics?max_points=2000`).then((m) => setCurves((c) => {
@@ -43,6 +46,7 @@ export function RunDetail({ runId }: { runId: string }) {
       const id = `${ev.type}:${m.seq}:${m.service}`;
       if (seen.current.has(id)) return;
       seen.current.add(id);
+      setLog((l) => [...l.slice(-(LOG_LINES - 1)), logLine(ev.type, m)]);
       if (ev.type === "started") {
         setLive((l) => ({ ...l, state: "running", total: m.total_steps ?? l.total, jobId: m.job_id ?? l.jobId,
           method: m.method }));
@@ -126,9 +130,34 @@ export function RunDetail({ runId }: { runId: string }) {
           })}
         </div>
       </Card>
+      <Card title={`Event log (last ${LOG_LINES})`} testid="event-log">
+        {log.length === 0 ? <p class="muted">No event yet.</p> : <pre class="log">{log.join("\n")}</pre>}
+      </Card>
       {detail && <Details detail={detail} runId={runId} onSaved={loadDetail} />}
     </div>
   );
+}
+
+/** One line of the event log: time, type and what the event says (metrics of a progress event). */
+function logLine(type: string, m: any): string {
+  const t = m.ts ? new Date(m.ts).toLocaleTimeString() : "";
+  let what: string;
+  if (type === "progressed") {
+    what = `step ${m.step}${m.total_steps ? `/${m.total_steps}` : ""} ` +
+      Object.entries(m.metrics ?? {}).map(([k, v]) => `${k}=${typeof v === "number" ? num(v) : show(v)}`).join(" ");
+  } else if (type === "started") {
+    what = `${m.method ?? ""} ${m.base_model ?? ""} on ${m.backend ?? NA}${m.resumed_from_step ? `, resumed from step ${m.resumed_from_step}` : ""}`;
+  } else if (type === "finished") {
+    what = `${m.state}${m.error ? `: ${m.error}` : ""}`;
+  } else if (type === "checkpointed") {
+    what = `step ${m.step} -> ${m.path}`;
+  } else if (type === "artifact-added" || type === "artifact_added") {
+    what = `${m.kind} (${m.format}) ${m.path}`;
+  } else {
+    const { seq, ts, run_id, job_id, service, ...rest } = m;
+    what = JSON.stringify(rest).slice(0, 300);
+  }
+  return `${t} ${type.padEnd(12)} ${what}`;
 }
 
 function rank(name: string): number {

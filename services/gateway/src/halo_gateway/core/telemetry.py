@@ -41,6 +41,7 @@ class TelemetryHub:
         self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
         self._rates: dict[str, dict[str, float]] = {}
+        self._lock = asyncio.Lock()  # streams opening together must start one sampler and one subscription
         self.ticks = 0
 
     @property
@@ -69,9 +70,15 @@ class TelemetryHub:
         finally:
             self._queues.discard(queue)
             if not self._queues:
-                await self._stop()
+                async with self._lock:
+                    if not self._queues:  # nobody joined while this one waited for the lock
+                        await self._stop()
 
     async def _ensure_running(self) -> None:
+        async with self._lock:
+            await self._start()
+
+    async def _start(self) -> None:
         if self._task is None or self._task.done():
             if self.bus is not None and self._sub is None:
                 with contextlib.suppress(Exception):

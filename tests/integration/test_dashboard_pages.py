@@ -1,0 +1,126 @@
+"""The dashboard's Sweeps and Models pages in a real browser (Debian's Chromium, headless, driven by Playwright)
+against a real stack: nats-server, gateway, registry, trainer-torch, sweeps and serve as processes. Each test
+saves a screenshot in its tmp dir.
+
+* Sweeps: a two-trial grid sweep of a tiny SFT is listed, and its page shows both trials with their parameter
+  and objective value, the best (lowest loss) trial marked.
+* Models: the served model is listed; the playground streams a reply from it (loading it); unloading it from the
+  page unloads it in serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from halo_testing import wait_until
+from halo_testing.stack import ProcessStack
+from playwright.sync_api import sync_playwright
+
+CHROMIUM = os.environ.get("HALO_CHROMIUM", "/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.integration, pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; see scripts/apt-packages.txt)"),
+]
+
+RECORDS = [{"messages": [{"role": "user", "content": f"What does a {a} say?"},
+                         {"role": "assistant", "content": f"A {a} says {s}."}]}
+           for a, s in [("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), ("owl", "hoot")]]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[ProcessStack]:
+    s = ProcessStack(tmp_path_factory.mktemp("dashboard-pages"),
+                     ["halo_gateway", "halo_registry", "halo_trainer_torch", "halo_sweeps", "halo_serve"],
+                     ready={"registry", "trainer-torch", "sweeps", "serve"},
+                     env={"HALO_TRAINER_TORCH_STATUS_INTERVAL_S": "0.5", "HALO_TRAINER_TORCH_JOB_TYPES": "sft",
+                          "HALO_SWEEPS_JOB_ACK_WAIT_S": "4", "HALO_SWEEPS_POLL_S": "1",
+                          "HALO_SWEEPS_STATUS_INTERVAL_S": "1",
+                          "HALO_SERVE_MODELS": json.dumps([f"tiny={tiny_model_dir}"])})
+    (s.root / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    p = browser.new_page(viewport={"width": 1400, "height": 1000})
+    yield p
+    p.screenshot(path=str(tmp_path / f"{request.node.name}.png"), full_page=True)  # every test leaves one
+    p.close()
+
+
+def api(stack: ProcessStack, method: str, path: str, **kw: Any) -> Any:
+    r = httpx.request(method, stack.url + path, timeout=60, **kw)
+    assert r.status_code < 300, r.text
+    return r.json()
+
+
+def test_sweeps_page_lists_the_sweep_and_marks_the_best_trial(stack: ProcessStack, page: Any) -> None:
+    started = api(stack, "POST", "/api/v1/sweeps", json={
+        "name": "dash-grid", "method": "sft", "sampler": "grid", "n_trials": 2,
+        "base": {"model": "tiny://llama", "data": {"train": str(stack.root / "chat.jsonl")}, "max_steps": 3,
+                 "batch_size": 2, "max_length": 64, "checkpoint_every_steps": 1000},
+        "search_space": {"learning_rate": {"type": "categorical", "choices": [0.001, 0.03]}}})
+    sweep_id = started["sweep_id"]
+    deadline = time.monotonic() + 400
+    while (info := api(stack, "GET", f"/api/v1/sweeps/{sweep_id}"))["state"] not in ("succeeded", "failed",
+                                                                                      "cancelled"):
+        assert time.monotonic() < deadline, stack.logs()[-4000:]
+        time.sleep(1)
+    assert info["state"] == "succeeded" and info["best"] is not None, info
+    assert info["best"]["value"] == min(t["value"] for t in info["trials"])  # minimize loss
+
+    page.goto(f"{stack.url}/#/sweeps")
+    row = page.locator(f'tr[data-sweep="{sweep_id}"]')
+    row.wait_for(timeout=30_000)
+    assert "dash-grid" in row.inner_text() and "2 complete" in row.inner_text()
+    row.get_by_role("link").click()
+    page.wait_for_url(f"**/#/sweeps/{sweep_id}")
+    trials = page.get_by_test_id("sweep-trials").locator("tr[data-trial]")
+    trials.first.wait_for(timeout=30_000)
+    assert trials.count() == 2
+    best = page.locator('tr[data-trial][data-best="1"]')
+    assert best.count() == 1 and best.get_attribute("data-trial") == str(info["best"]["number"])
+    cell = page.get_by_test_id("best-trial-value")
+    assert "★" in cell.inner_text() and "best" in (cell.get_attribute("class") or "")
+    shown = {t["number"]: page.locator(f'tr[data-trial="{t["number"]}"]').inner_text() for t in info["trials"]}
+    for t in info["trials"]:  # each trial's parameter and a value, never "unavailable" for a complete trial
+        assert str(t["params"]["learning_rate"]) in shown[t["number"]] and "unavailable" not in shown[t["number"]]
+    assert page.get_by_test_id("sweep-state").inner_text() == "succeeded"
+
+
+def test_models_page_lists_streams_from_and_unloads_the_served_model(stack: ProcessStack, page: Any) -> None:
+    page.goto(f"{stack.url}/#/models")
+    row = page.get_by_test_id("served").locator('tr[data-model="tiny"]')
+    row.wait_for(timeout=30_000)
+    assert "hf" in row.inner_text() and "transformers" in row.inner_text()
+    playground = page.get_by_test_id("playground")
+    playground.locator("select").select_option("tiny")
+    playground.locator('input[placeholder="Say something"]').fill("What does a cow say?")
+    playground.get_by_role("button", name="Send").click()
+    reply = playground.locator('.msg[data-role="assistant"]').last
+    wait_until(lambda: len(reply.inner_text().removeprefix("assistant").strip()) > 0, timeout=120, interval=0.2,
+               what="the playground to show a streamed reply")
+    # The list is refreshed when the stream ends: the model was loaded to answer.
+    loaded = row.get_by_test_id("model-loaded")
+    wait_until(lambda: loaded.inner_text() == "yes", timeout=60, interval=0.2, what="the model to show as loaded")
+    assert not page.get_by_role("alert").count()
+    row.get_by_role("button", name="Unload").click()
+    wait_until(lambda: loaded.inner_text() == "no", timeout=60, interval=0.2, what="the page to show it unloaded")
+    models = {m["id"]: m for m in api(stack, "GET", "/api/v1/serve/models")["models"]}
+    assert models["tiny"]["loaded"] is False
