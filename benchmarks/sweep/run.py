@@ -14,6 +14,12 @@ runs them). One random-sampler sweep of ``--trials`` sequential SFT trials runs 
   the next trial's ``t_submitted``: event delivery, Optuna's tell, the next ask and the submit;
 * **trial duration**: running -> finished.
 
+The finished -> next submitted gap is split by the coordinator's own timestamps (Optuna trial attributes):
+event -> told (the finished event reaching the coordinator, ``t_finished_seen``), told -> next asked (Optuna's tell
+and the next ask, ``t_ask``), asked -> submitted (the trial's spec, its ids recorded, its job queued). Submit ->
+running is split at the trainer's ``started`` event: queue pickup by trainer-torch (its job consumer, its
+admission) vs the job's set-up before it reads ``running``.
+
 Printed: each part, and overhead / trial duration as a ratio (target: under 5 % for a 30 s trial). Results go
 to ``benchmarks/results/sweep.json``.
 """
@@ -43,14 +49,17 @@ def _ts(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def finished_ts(url: str, run_id: str) -> float:
+def event_ts(url: str, run_id: str) -> dict[str, float]:
+    """The trainer's timestamp of the run's first event of each type (started, finished...)."""
+    out: dict[str, float] = {}
     with httpx.stream("GET", f"{url}/api/v1/runs/{run_id}/events", params={"follow": "false"}, timeout=60) as r:
         for line in r.iter_lines():
             if line.startswith("data:"):
                 event = json.loads(line[5:])
-                if event["type"] == "finished":
-                    return _ts(event["message"]["ts"])
-    raise RuntimeError(f"run {run_id} has no finished event")
+                out.setdefault(event["type"], _ts(event["message"]["ts"]))
+    if "finished" not in out:
+        raise RuntimeError(f"run {run_id} has no finished event")
+    return out
 
 
 def main() -> None:
@@ -89,11 +98,17 @@ def main() -> None:
         rows: list[dict[str, Any]] = []
         for i, t in enumerate(frozen):
             job_id, run_id = t.user_attrs["job_id"], t.user_attrs["run_id"]
-            done = finished_ts(stack.url, run_id)
-            row = {"trial": t.number, "submit_to_running_s": running_seen[job_id] - t.user_attrs["t_submitted"],
+            events = event_ts(stack.url, run_id)
+            done, submitted = events["finished"], t.user_attrs["t_submitted"]
+            row = {"trial": t.number, "submit_to_running_s": running_seen[job_id] - submitted,
+                   "submit_to_started_event_s": events.get("started", submitted) - submitted,
                    "trial_s": done - running_seen[job_id]}
             if i + 1 < len(frozen):
-                row["finished_to_next_submitted_s"] = frozen[i + 1].user_attrs["t_submitted"] - done
+                nxt = frozen[i + 1].user_attrs
+                row["finished_to_next_submitted_s"] = nxt["t_submitted"] - done
+                row["finished_to_told_s"] = t.user_attrs["t_finished_seen"] - done
+                row["told_to_next_asked_s"] = nxt["t_ask"] - t.user_attrs["t_finished_seen"]
+                row["asked_to_submitted_s"] = nxt["t_submitted"] - nxt["t_ask"]
             rows.append(row)
     finally:
         stack.close()
@@ -103,9 +118,14 @@ def main() -> None:
     trial = statistics.mean(r["trial_s"] for r in rows)
     ratio = (pickup + gap) / trial
     for r in rows:
-        print(f"trial {r['trial']}: submit->running {r['submit_to_running_s'] * 1000:7.0f} ms   trial "
-              f"{r['trial_s']:6.1f} s   finished->next submitted "
-              + (f"{r['finished_to_next_submitted_s'] * 1000:7.0f} ms" if "finished_to_next_submitted_s" in r else "-"))
+        gap_parts = ""
+        if "finished_to_next_submitted_s" in r:
+            gap_parts = (f" (event->told {r['finished_to_told_s'] * 1000:.0f}, told->next asked "
+                         f"{r['told_to_next_asked_s'] * 1000:.0f}, asked->submitted {r['asked_to_submitted_s'] * 1000:.0f})")
+        print(f"trial {r['trial']}: submit->running {r['submit_to_running_s'] * 1000:7.0f} ms (trainer's started "
+              f"event at {r['submit_to_started_event_s'] * 1000:.0f} ms)   trial {r['trial_s']:6.1f} s   finished->next "
+              "submitted " + (f"{r['finished_to_next_submitted_s'] * 1000:7.0f} ms" + gap_parts
+                              if "finished_to_next_submitted_s" in r else "-"))
     print(f"coordinator overhead per trial: {(pickup + gap) * 1000:.0f} ms (submit->running {pickup * 1000:.0f} ms + "
           f"finished->next submitted {gap * 1000:.0f} ms) vs trial {trial:.1f} s")
     print(f"ratio overhead / trial = {ratio:.4f} ({ratio * 100:.2f} %; target < 5 % for a 30 s trial)")

@@ -6,7 +6,9 @@
 * grid sampling covers exactly the grid; a categorical over DPO ``loss_type`` runs each loss;
 * kill -9 of the sweeps service mid-sweep, then a new one: the sweep completes with the requested number of
   trials, none run twice;
-* bad input is refused before anything starts, naming the field.
+* an eval objective (``eval:<task>:<metric>``) scores each trained trial with an lm-eval job on the eval service
+  (the built-in offline suite, a tiny limit): each trial's value is the metric the eval service recorded on its run;
+* bad input is refused before anything starts, naming the field (an unknown eval task with its close matches).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ SMALL = {"batch_size": 2, "max_length": 64, "checkpoint_every_steps": 1000}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
     s = ProcessStack(tmp_path_factory.mktemp("sweeps"),
-                     ["halo_gateway", "halo_registry", "halo_trainer_torch", "halo_sweeps"],
-                     ready={"trainer-torch", "registry", "sweeps"},
+                     ["halo_gateway", "halo_registry", "halo_trainer_torch", "halo_sweeps", "halo_eval"],
+                     ready={"trainer-torch", "registry", "sweeps", "eval"}, healthy=("ok", "degraded"), timeout_s=180,
                      env={"HALO_TRAINER_TORCH_STATUS_INTERVAL_S": "0.5", "HALO_TRAINER_TORCH_JOB_TYPES": "sft,dpo",
                           "HALO_SWEEPS_JOB_ACK_WAIT_S": "4", "HALO_SWEEPS_POLL_S": "1",
                           "HALO_SWEEPS_STATUS_INTERVAL_S": "1"})
@@ -177,12 +179,38 @@ def test_kill_9_of_the_sweeps_service_resumes_without_running_a_trial_twice(stac
     assert coordinator["attempt"] == 2  # the same coordinator job, redelivered
 
 
+def test_an_eval_objective_scores_each_trial_with_the_eval_service(stack: ProcessStack) -> None:
+    spec = sft_sweep(stack, name="eval", sampler="random", n_trials=2, objective={
+        "metric": "eval:halo_arith_mc:acc_norm", "direction": "maximize", "eval": {"limit": 4, "batch_size": 4}})
+    spec["base"]["max_steps"] = 4
+    sweep_id = create(stack, spec, "eval")
+    info = wait_done(stack, sweep_id, timeout=600)
+    trials = info["trials"]
+    assert [t["state"] for t in trials] == ["complete", "complete"], trials
+    # Each trial's value is what the eval service measured on the trial's run and recorded in the registry
+    # (acc_norm is not halo_arith_mc's primary metric: it comes from the full lm-eval summary).
+    grid = api(stack, "GET", "/api/v1/runs/grid", params={
+        "ids": ",".join(t["run_id"] for t in trials), "tasks": "halo_arith_mc", "metric": "acc_norm"})
+    cells = {c["run_id"]: c for c in grid["cells"] if c["task"] == "halo_arith_mc" and c["metric"] == "acc_norm"}
+    for t in trials:
+        assert t["value"] == cells[t["run_id"]]["value"] and cells[t["run_id"]]["num_samples"] == 4
+    assert info["best"]["value"] == max(t["value"] for t in trials)
+    evals = api(stack, "GET", "/api/v1/jobs", params={"job_type": "lm-eval", "limit": 1000})["jobs"]
+    assert len(evals) == 2 and {j["state"] for j in evals} == {"succeeded"}
+    shown = stack.cli("sweep", "show", sweep_id)
+    assert shown.returncode == 0 and "eval:halo_arith_mc:acc_norm (maximize)" in shown.stdout, shown.stderr
+
+
 @pytest.mark.parametrize(("change", "field", "message"), [
     ({"search_space": {"lora.rnk": {"type": "int", "low": 2, "high": 8}}}, "search_space.lora.rnk",
      "has no field 'lora.rnk'"),
     ({"search_space": {"learning_rate": {"type": "float", "low": 0.01, "high": 0.001}}}, "search_space.learning_rate",
      "empty range"),
     ({"objective": {"metric": "reward_accuracy"}}, "objective.metric", "sft never reports 'reward_accuracy'"),
+    ({"objective": {"metric": "eval:halo_arith_mcc", "direction": "maximize"}}, "objective.metric",
+     "unknown task 'halo_arith_mcc'; close matches: halo_arith_mc"),
+    ({"objective": {"metric": "eval:offline", "direction": "maximize"}}, "objective.metric",
+     "'offline' is a group of 4 tasks"),
 ])
 def test_bad_input_is_refused_before_any_trial(stack: ProcessStack, change: dict[str, Any], field: str,
                                                message: str) -> None:

@@ -3,7 +3,9 @@ resume after the coordinator dies mid-sweep (no trial submitted twice), cancel a
 
 The backend plays the trainer's part exactly as the coordinator sees it: a job per submit (deduplicated by job
 id, as the work queue does), run events with a per-run sequence (history first to a new watcher, then live),
-a cancel that stops the job after its current step with a ``finished: cancelled`` event."""
+a cancel that stops the job after its current step with a ``finished: cancelled`` event. Its evaluations (an eval
+objective) end like an ``lm-eval`` job of the eval service: a ``finished`` event whose summary has, per task, the
+primary metric and its value (the real eval service is in tests/integration/test_sweeps_stack.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from typing import Any
 
 import pytest
 from halo_bus.api import EventRecord, Subscription
+from halo_schemas.eval import EvalJobSpec
 from halo_schemas.events import RunFinished, RunProgressed
 from halo_schemas.jobs import JobState, JobStatus
 from halo_schemas.sweeps import SweepSpec
 from halo_schemas.training import TrainSpecBase
 from halo_sweeps.core import study as st
-from halo_sweeps.core.coordinator import Coordinator
+from halo_sweeps.core.coordinator import Coordinator, SweepStopped
 from halo_sweeps.core.manage import parse_sweep
 from optuna.trial import TrialState
 
@@ -32,6 +35,11 @@ def loss_at(spec: dict[str, Any], step: int) -> float:
     quality = 1.0 / (1.0 + (math.log10(spec["learning_rate"]) + 2.0) ** 2)
     rank = spec.get("lora", {}).get("rank", 16)
     return 5.0 - 4.0 * quality * step / STEPS - 0.01 * rank
+
+
+def score_of(spec: dict[str, Any]) -> float:
+    """The scripted evaluation's accuracy of a trained trial: best near learning_rate 1e-2."""
+    return round(1.0 / (1.0 + (math.log10(spec["learning_rate"]) + 2.0) ** 2), 6)
 
 
 class _Sub(Subscription):
@@ -54,15 +62,36 @@ class ScriptedTrials:
         self.cancelled: set[str] = set()
         self.steps_run: dict[str, int] = {}
         self.tasks: list[asyncio.Task[None]] = []
+        self.eval_submits: list[str] = []
+        self.eval_specs: dict[str, EvalJobSpec] = {}
+        self.eval_s = step_s * 4
+        self.spec_of_run: dict[str, dict[str, Any]] = {}
 
     async def submit(self, method: str, spec: TrainSpecBase, *, job_id: str, run_id: str) -> None:
         self.submits.append(job_id)
         if job_id in self.status_of:
             return  # the work queue drops a duplicate job id
-        self.specs[job_id] = spec.model_dump(mode="json")
+        self.specs[job_id] = self.spec_of_run[run_id] = spec.model_dump(mode="json")
         self.status_of[job_id] = JobStatus(job_id=job_id, run_id=run_id, job_type=method, service="trainer-torch",
                                            state=JobState.QUEUED)
         self.tasks.append(asyncio.get_running_loop().create_task(self._train(job_id, run_id)))
+
+    async def submit_eval(self, spec: EvalJobSpec, *, job_id: str, run_id: str) -> None:
+        self.eval_submits.append(job_id)
+        if job_id in self.status_of:
+            return
+        self.eval_specs[job_id] = spec
+        self.status_of[job_id] = JobStatus(job_id=job_id, run_id=run_id, job_type="lm-eval", service="eval",
+                                           state=JobState.RUNNING)
+        self.tasks.append(asyncio.get_running_loop().create_task(self._evaluate(job_id, run_id, spec)))
+
+    async def _evaluate(self, job_id: str, run_id: str, spec: EvalJobSpec) -> None:
+        await asyncio.sleep(self.eval_s)
+        trained = self.spec_of_run[spec.model.removeprefix("run:")]
+        summary = {"tasks": {spec.tasks[0]: {"metric": "acc", "value": score_of(trained), "stderr": 0.1, "n": 4}}}
+        self.status_of[job_id] = self.status_of[job_id].model_copy(update={"state": JobState.SUCCEEDED})
+        await self._emit(run_id, RunFinished(run_id=run_id, service="eval", seq=1, state=JobState.SUCCEEDED,
+                                             summary=summary))
 
     async def _emit(self, run_id: str, msg: Any) -> None:
         records = self.events.setdefault(run_id, [])
@@ -171,8 +200,10 @@ async def test_a_coordinator_killed_mid_sweep_resumes_without_running_a_trial_tw
     first.cancel()  # the coordinator dies; its trials' jobs keep running
     with pytest.raises(asyncio.CancelledError):
         await first
-    running = [t for t in trials_of(storage) if t.state == TrialState.RUNNING]
-    assert running and all("job_id" in t.user_attrs for t in running)
+    # Trials left running with their jobs (a trial asked as the coordinator died may have no job yet: the next
+    # coordinator abandons it and asks again).
+    running = [t for t in trials_of(storage) if t.state == TrialState.RUNNING and "job_id" in t.user_attrs]
+    assert running
     assert await Coordinator(storage, sweep_id, backend, poll_s=0.2).run() == "done"
     trials = trials_of(storage)
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
@@ -211,3 +242,39 @@ async def test_cancel_then_resume_reruns_the_cancelled_point(tmp_path: Path) -> 
     trials = trials_of(storage)
     assert sum(1 for t in trials if st.counts_toward_budget(t)) == 3
     assert trials[1].params == first.params  # the abandoned point was queued again
+
+
+async def test_an_eval_objective_evaluates_each_trial_and_resumes_mid_evaluation(tmp_path: Path) -> None:
+    storage, sweep_id, _ = make(tmp_path, n_trials=3, sampler="random", objective={
+        "metric": "eval:halo_arith_mc", "direction": "maximize", "eval": {"limit": 4}})
+    backend = ScriptedTrials(step_s=0.01)
+    backend.eval_s = 0.5
+    first = asyncio.create_task(Coordinator(storage, sweep_id, backend, poll_s=0.2).run())
+    await until(lambda: len(backend.eval_submits) == 2)  # the first trial told, the second being evaluated
+    first.cancel()  # the coordinator dies while the evaluation runs
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    evaluating = [t for t in trials_of(storage) if t.state == TrialState.RUNNING]
+    assert len(evaluating) == 1 and "eval_job_id" in evaluating[0].user_attrs
+    assert await Coordinator(storage, sweep_id, backend, poll_s=0.2).run() == "done"
+    trials = trials_of(storage)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    # One training job and one evaluation per trial: the one left evaluating was picked up, not run again.
+    assert len(backend.submits) == len(set(backend.submits)) == 3
+    assert len(backend.eval_submits) == len(set(backend.eval_submits)) == 3
+    for t in trials:
+        evaluation = backend.eval_specs[t.user_attrs["eval_job_id"]]
+        assert evaluation.model == f"run:{t.user_attrs['run_id']}" and evaluation.tasks == ["halo_arith_mc"]
+        assert evaluation.limit == 4 and f"sweep-eval:{sweep_id}" in evaluation.tags
+        assert t.value == score_of(backend.specs[t.user_attrs["job_id"]])
+    assert st.describe(storage, sweep_id).best.value == max(t.value for t in trials)  # type: ignore[union-attr]
+
+
+async def test_an_eval_metric_the_task_does_not_report_stops_the_sweep(tmp_path: Path) -> None:
+    storage, sweep_id, _ = make(tmp_path, n_trials=3, sampler="random", objective={
+        "metric": "eval:halo_arith_mc:f1", "direction": "maximize"})
+    backend = ScriptedTrials(step_s=0.001)
+    with pytest.raises(SweepStopped, match="cannot read the evaluation's metrics of 'halo_arith_mc'"):
+        await Coordinator(storage, sweep_id, backend, poll_s=0.2).run()
+    trials = trials_of(storage)
+    assert len(trials) == 1 and trials[0].state == TrialState.FAIL  # not three trials failing the same way

@@ -1,5 +1,5 @@
-"""sweeps on the in-memory bus and a real nats-server (the ``bus`` fixture runs both): bad input refused over
-the bus before anything starts, a sweep created, listed, shown and cancelled with its coordinator job (no
+"""sweeps on the in-memory bus and a real nats-server (the ``bus`` fixture runs both): bad input (a field the
+spec lacks, more parallel trials than the host's devices) refused over the bus before anything starts, a sweep created, listed, shown and cancelled with its coordinator job (no
 trainer runs here: its first trial stays queued and is cancelled with the sweep)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from halo_clients.jobs import JobsClient
 from halo_clients.sweeps import SweepsClient
 from halo_common.errors import BadRequest, NotFound
 from halo_schemas.jobs import JobState
+from halo_sweeps.core.capacity import device_slots
 from halo_sweeps.service import Sweeps
 from halo_sweeps.settings import SweepsSettings
 
@@ -47,6 +48,9 @@ async def test_create_list_show_cancel(bus: Bus, tmp_path: Path) -> None:
         with pytest.raises(BadRequest) as err:
             await client.create({**SPEC, "search_space": {"lora.rnk": {"type": "int", "low": 1, "high": 4}}})
         assert err.value.param == "search_space.lora.rnk"
+        with pytest.raises(BadRequest) as err:  # more trials at once than this host has devices (1 on CPU)
+            await client.create({**SPEC, "parallel_trials": device_slots() + 1})
+        assert err.value.param == "parallel_trials" and "oversubscribe" in err.value.message
         assert (await client.list()).sweeps == []  # nothing was created, nothing submitted
         assert await jobs.list() == []
 

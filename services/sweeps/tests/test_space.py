@@ -3,6 +3,8 @@ without NATS. Bad input is refused naming the field, before any trial could star
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -10,8 +12,16 @@ import pytest
 from halo_common.errors import BadRequest
 from halo_schemas.sweeps import ObjectiveSpec, SearchParam, SweepBest, SweepTrial
 from halo_schemas.training import DPOSpec, SFTSpec
+from halo_sweeps.core.capacity import check_parallel, device_slots, host_trial_slots
 from halo_sweeps.core.manage import fork_spec, parse_sweep
-from halo_sweeps.core.objective import ObjectiveTracker, check_objective
+from halo_sweeps.core.objective import (
+    EvalTarget,
+    ObjectiveMissing,
+    ObjectiveTracker,
+    check_objective,
+    eval_target,
+    eval_value,
+)
 from halo_sweeps.core.space import apply, grid_values, path_problem, suggest
 
 BASE = {"model": "tiny://llama", "data": {"train": "chat.jsonl"}, "max_steps": 10}
@@ -132,3 +142,50 @@ def test_fork_spec_drops_the_sweep_tags_and_applies_overrides() -> None:
     with pytest.raises(BadRequest) as err:
         fork_spec(found, {"max_stepz": 1}, None)
     assert err.value.param == "overrides.max_stepz"
+
+
+def test_an_eval_objective_is_checked_before_any_trial() -> None:
+    sw = parse_sweep(sweep(objective={"metric": "eval:halo_arith_mc:acc_norm", "direction": "maximize",
+                                      "eval": {"limit": 4}}))
+    assert eval_target(sw.objective) == EvalTarget("halo_arith_mc", "acc_norm")
+    assert eval_target(ObjectiveSpec(metric="eval:arc_easy")) == EvalTarget("arc_easy", None)
+    assert eval_target(ObjectiveSpec(metric="loss")) is None
+    for metric in ("eval:", "eval::acc", "eval:arc_easy:"):
+        assert refused(sweep(objective={"metric": metric})).param == "objective.metric"
+    assert "need an eval:<task>" in str(refused(sweep(objective={"metric": "loss", "eval": {"limit": 4}})))
+    err = refused(sweep(objective={"metric": "eval:halo_arith_mc"}, pruning={"kind": "median"}))
+    assert err.param == "pruning.kind" and "no intermediate values" in str(err)
+    err = refused({"method": "rm", "base": {**BASE, "data": {"train": "prefs.jsonl"}},
+                   "search_space": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}},
+                   "objective": {"metric": "eval:halo_arith_mc"}})
+    assert err.param == "objective.metric" and "reward model" in str(err)
+    err = refused(sweep(base={**BASE, "backend": "mlx"}, objective={"metric": "eval:halo_arith_mc"}))
+    assert err.param == "objective.metric" and "MLX adapters" in str(err)
+
+
+def test_an_eval_value_is_the_tasks_metric(tmp_path: Path) -> None:
+    # The shape of an lm-eval job's finished summary (halo_eval.handlers) and of lm_eval_summary.json.
+    full = tmp_path / "lm_eval_summary.json"
+    full.write_text(json.dumps({"tasks": {"halo_arith_mc": {"primary_metric": "acc", "value": 0.25, "metrics": {
+        "acc": {"value": 0.25, "stderr": 0.1}, "acc_norm": {"value": 0.5, "stderr": 0.1}}}}}))
+    summary = {"tasks": {"halo_arith_mc": {"metric": "acc", "value": 0.25, "stderr": 0.1, "n": 4}},
+               "summary_path": str(full)}
+    assert eval_value(summary, EvalTarget("halo_arith_mc")) == 0.25
+    assert eval_value(summary, EvalTarget("halo_arith_mc", "acc")) == 0.25
+    assert eval_value(summary, EvalTarget("halo_arith_mc", "acc_norm")) == 0.5
+    with pytest.raises(ObjectiveMissing, match="reports acc, acc_norm, not 'f1'"):
+        eval_value(summary, EvalTarget("halo_arith_mc", "f1"))
+    with pytest.raises(ObjectiveMissing, match="no result for task 'arc_easy'"):
+        eval_value(summary, EvalTarget("arc_easy"))
+
+
+def test_parallel_trials_are_capped_by_the_hosts_devices() -> None:
+    slots = device_slots()  # computed from this host: 1 on CPU (and on one device), N on N GPUs
+    assert host_trial_slots() == slots and host_trial_slots(3) == 3
+    check_parallel(parse_sweep(sweep(parallel_trials=slots)), slots)
+    with pytest.raises(BadRequest) as err:
+        check_parallel(parse_sweep(sweep(parallel_trials=slots + 1)), slots)
+    assert err.value.param == "parallel_trials" and f"this host has {slots} trial slot" in str(err.value)
+    assert "oversubscribe: true" in str(err.value)
+    check_parallel(parse_sweep(sweep(parallel_trials=slots + 1, oversubscribe=True)), slots)
+    check_parallel(parse_sweep(sweep(parallel_trials=4)), 4)  # HALO_SWEEPS_TRIAL_SLOTS=4

@@ -119,9 +119,12 @@ def show(sweep_id: str = typer.Argument(..., help="Sweep id (sweep-…)."),
     spec = info.get("spec") or {}
     objective = spec.get("objective") or {}
     best = info.get("best") or {}
+    metric = str(objective.get("metric", "loss"))
+    # An eval objective (eval:<task>[:<metric>]) has one value per trial: no final/best mode.
+    scored = metric if metric.startswith("eval:") else f"{objective.get('mode', 'final')} {metric}"
     console.print(f"sweep [bold]{info['sweep_id']}[/] {info.get('name') or ''} · {info['method']} · "
                   f"{spec.get('sampler')} · pruning {(spec.get('pruning') or {}).get('kind', 'none')} · "
-                  f"{objective.get('mode', 'final')} {objective.get('metric')} ({objective.get('direction')}) · "
+                  f"{scored} ({objective.get('direction')}) · "
                   f"coordinator {_c(info.get('state'))}" + (f" [red]{info['error']}[/]" if info.get("error") else ""))
     params = list(spec.get("search_space") or {})
     t = Table(title=f"trials ({sum(info.get('counts', {}).values())} of {info['n_trials']})")

@@ -41,9 +41,10 @@ class SweepsClient:
                                       timeout=self.timeout)
 
     async def create(self, spec: dict[str, Any]) -> SweepStarted:
-        """Validate ``spec`` (a SweepSpec as JSON; BadRequest naming the field) and start the sweep."""
+        """Validate ``spec`` (a SweepSpec as JSON; BadRequest naming the field) and start the sweep. An eval objective
+        is resolved on the eval service first (a cold one builds lm-eval's task index): at least 120 s."""
         return await self.bus.request(subjects.SWEEPS_CREATE, SweepCreateRequest(spec=spec), SweepStarted,
-                                      timeout=self.timeout)
+                                      timeout=max(self.timeout, 120.0))
 
     async def list(self, limit: int = 50) -> SweepList:
         return await self.bus.request(subjects.SWEEPS_LIST, SweepListRequest(limit=limit), SweepList,

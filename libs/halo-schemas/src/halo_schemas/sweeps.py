@@ -23,7 +23,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from halo_schemas.base import Message, UserInput
 from halo_schemas.jobs import JobSpecBase, JobState
@@ -113,13 +113,18 @@ class ObjectiveSpec(UserInput):
     eval: EvalObjectiveOptions | None = Field(
         default=None, description="Options of the evaluation behind an eval:<task> objective (default: limit 100).")
 
-    @model_validator(mode="after")
-    def _check_eval(self) -> ObjectiveSpec:
-        if self.metric.startswith(EVAL_PREFIX):
-            parts = self.metric.split(":", 2)
+    @field_validator("metric")
+    @classmethod
+    def _eval_metric(cls, metric: str) -> str:
+        if metric.startswith(EVAL_PREFIX):
+            parts = metric.split(":", 2)
             if not parts[1].strip() or (len(parts) == 3 and not parts[2].strip()):
-                raise ValueError(f"metric: {self.metric!r}: an eval objective is eval:<task> or eval:<task>:<metric>")
-        elif self.eval is not None:
+                raise ValueError(f"{metric!r}: an eval objective is eval:<task> or eval:<task>:<metric>")
+        return metric
+
+    @model_validator(mode="after")
+    def _eval_options(self) -> ObjectiveSpec:
+        if self.eval is not None and not self.metric.startswith(EVAL_PREFIX):
             raise ValueError("eval: evaluation options need an eval:<task>[:<metric>] objective metric")
         return self
 

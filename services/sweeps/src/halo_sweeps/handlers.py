@@ -38,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 
 from halo_sweeps.core import manage
 from halo_sweeps.core import study as st
+from halo_sweeps.core.capacity import host_trial_slots
 from halo_sweeps.core.coordinator import Coordinator
 from halo_sweeps.core.trials import BusTrials
 
@@ -48,7 +49,8 @@ log = logging.getLogger("halo_sweeps")
 
 
 async def create(svc: Sweeps, req: SweepCreateRequest) -> SweepStarted:
-    return await manage.create(svc.storage, svc.bus, req.spec)
+    slots = await asyncio.to_thread(host_trial_slots, svc.settings.trial_slots)
+    return await manage.create(svc.storage, svc.bus, req.spec, slots=slots)
 
 
 async def list_(svc: Sweeps, req: SweepListRequest) -> SweepList:

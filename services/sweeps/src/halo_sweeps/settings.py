@@ -24,4 +24,8 @@ class SweepsSettings(HaloSettings):
                                        "process (each is mostly waiting on its trials).")
     poll_s: float = Field(default=2.0, gt=0, description="Seconds between checks of the trials' job states (a "
                           "safety net under the run events).")
+    trial_slots: int | None = Field(
+        default=None, ge=1, le=64, description="Trials the host runs at once (a sweep's parallel_trials above it is "
+        "refused unless it sets oversubscribe). None: the accelerator devices of this host (1 on CPU); set it when "
+        "the trainers run on another host than this service.")
     status_interval_s: float = Field(default=2.0, gt=0, description="Seconds between coordinator heartbeats.")

@@ -15,6 +15,16 @@ Everything durable is in Optuna's storage, so a coordinator killed at any point 
   budget, and its point is queued again;
 * a pruned trial's cancel is recorded (``prune_requested_step``) before the job is cancelled, so its end is
   told as pruned even when the coordinator restarted in between.
+
+With an eval objective (``eval:<task>[:<metric>]``) a trial that trained is then evaluated: an ``lm-eval`` job on
+the eval service over ``run:<trial run>``, its ids recorded (``eval_job_id``, ``eval_run_id``) before it is
+submitted, exactly as the training job's; the trial is told the task metric from the evaluation's ``finished``
+event. The trial keeps its slot (``parallel_trials``) while it is evaluated: the evaluation uses the device too.
+
+The path from one trial's end to the next trial's submission is kept short (the sweep's overhead per trial):
+the next trial is asked as soon as the ended one is told; the job route is resolved once per sweep (routing
+asks the bus which trainers run, a 0.5 s discovery); the new trial's event subscription and its job submission
+go out together; reporting (progress, the registry's best mark) runs in the background.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from typing import Any, Literal, Protocol
 import optuna
 from halo_bus.api import EventRecord, Subscription
 from halo_common.ids import new_id
+from halo_schemas.eval import EvalJobSpec
 from halo_schemas.events import RunFinished, RunProgressed
 from halo_schemas.jobs import JobState, JobStatus
 from halo_schemas.sweeps import SweepSpec
@@ -38,7 +49,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
 from halo_sweeps.core import study as st
-from halo_sweeps.core.objective import ObjectiveTracker
+from halo_sweeps.core.objective import EvalTarget, ObjectiveMissing, ObjectiveTracker, eval_target, eval_value
 from halo_sweeps.core.space import apply, grid_size, method_spec, suggest
 
 log = logging.getLogger("halo_sweeps")
@@ -50,6 +61,8 @@ class TrialBackend(Protocol):
     """How trials run: :class:`halo_sweeps.core.trials.BusTrials` submits training jobs over the bus."""
 
     async def submit(self, method: str, spec: TrainSpecBase, *, job_id: str, run_id: str) -> None: ...
+
+    async def submit_eval(self, spec: EvalJobSpec, *, job_id: str, run_id: str) -> None: ...
 
     async def cancel(self, job_id: str) -> None: ...
 
@@ -68,8 +81,21 @@ class RunningTrial:
     tracker: ObjectiveTracker
     reported: set[int]
     prune_requested: bool = False
-    seen: set[int] = field(default_factory=set)
+    seen: set[tuple[str, int]] = field(default_factory=set)
     sub: Subscription | None = None
+    eval_job_id: str | None = None  # set once the trial trained and its evaluation was recorded (eval objective)
+    eval_run_id: str | None = None
+
+    @property
+    def current(self) -> tuple[str, str]:
+        """(job id, run id) of the phase the trial is in: its training, then its evaluation."""
+        if self.eval_job_id is not None and self.eval_run_id is not None:
+            return self.eval_job_id, self.eval_run_id
+        return self.job_id, self.run_id
+
+
+class SweepStopped(Exception):
+    """The sweep cannot go on (e.g. its eval objective's metric does not exist): every trial would fail."""
 
 
 def trial_tags(sweep_id: str, number: int, extra: list[str]) -> list[str]:
@@ -96,6 +122,9 @@ class Coordinator:
         self.budget = self.sweep.n_trials
         if self.sweep.sampler == "grid":
             self.budget = min(self.budget, grid_size(self.sweep.search_space))
+        self.eval_target: EvalTarget | None = eval_target(self.sweep.objective)
+        self.used = 0  # trials that used the budget (counted from the storage at start, then kept here)
+        self.background: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         """Make the loop look at ``cancelled`` / ``stopping`` now (thread-safe from the loop only)."""
@@ -107,6 +136,7 @@ class Coordinator:
                                              self.storage.get_study_id_from_name(self.sweep_id), False))
         self.study = await asyncio.to_thread(st.load_study, self.storage, self.sweep_id, offset=offset)
         await self._recover()
+        self.used = await self._used()
         try:
             while True:
                 if self.cancelled():
@@ -114,12 +144,11 @@ class Coordinator:
                     return "cancelled"
                 if self.stopping():
                     return "stopping"
-                used = await self._used()
-                if used >= self.budget and not self.running:
+                if self.used >= self.budget and not self.running:
                     return "done"
-                while len(self.running) < self.sweep.parallel_trials and used + len(self.running) < self.budget:
+                while len(self.running) < self.sweep.parallel_trials and self.used + len(self.running) < self.budget:
                     if not await self._start_trial():
-                        used += 1  # refused by the spec: told failed, counts
+                        self.used += 1  # refused by the spec: told failed, counts
                 try:
                     # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that races the get.
                     async with asyncio.timeout(self.poll_s):
@@ -138,6 +167,14 @@ class Coordinator:
                 if run.sub is not None:
                     with contextlib.suppress(Exception):
                         await run.sub.stop()
+            if self.background:
+                await asyncio.gather(*self.background, return_exceptions=True)
+
+    def _later(self, work: Awaitable[None]) -> None:
+        """Run ``work`` off the path to the next trial (awaited before :meth:`run` returns)."""
+        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def _used(self) -> int:
         assert self.study is not None
@@ -174,18 +211,21 @@ class Coordinator:
         if spec is None:
             return False
         run = RunningTrial(trial, job_id, run_id, ObjectiveTracker(self.sweep.objective), set())
-        await self._watch(trial.number, run)
-        await self.trials.submit(self.sweep.method, spec, job_id=job_id, run_id=run_id)
-        await asyncio.to_thread(trial.set_user_attr, "t_submitted", time.time())
+        # Subscribed from the run's first event, so the subscription and the submit may go out together.
+        await asyncio.gather(self._watch(trial.number, run),
+                             self.trials.submit(self.sweep.method, spec, job_id=job_id, run_id=run_id))
+        submitted = time.time()
+        await asyncio.to_thread(trial.set_user_attr, "t_submitted", submitted)
         log.info("sweep %s: trial %d submitted as %s (%s)", self.sweep_id, trial.number, job_id, trial.params)
         return True
 
     async def _watch(self, number: int, run: RunningTrial) -> None:
+        """Feed the events of the trial's current run (training, then evaluation) to the loop."""
         async def on_event(record: EventRecord[Any]) -> None:
             self.queue.put_nowait((number, record))
 
         self.running[number] = run
-        run.sub = await self.trials.watch(run.run_id, on_event)
+        run.sub = await self.trials.watch(run.current[1], on_event)
 
     async def _recover(self) -> None:
         """Pick up the trials a previous coordinator left running (never submitting a second job)."""
@@ -195,14 +235,18 @@ class Coordinator:
             if not job_id or not run_id:
                 await asyncio.to_thread(self._abandon, t, "the coordinator stopped before submitting it")
                 continue
-            status = await self.trials.status(job_id)
-            if status is None:  # recorded, never queued: submit it now under the same job id
-                spec = self.spec_cls.model_validate(st.trial_spec(t))
-                await self.trials.submit(self.sweep.method, spec, job_id=job_id, run_id=run_id)
             run = RunningTrial(optuna.trial.Trial(self.study, t._trial_id), job_id, run_id,
                                ObjectiveTracker(self.sweep.objective), set(t.intermediate_values),
-                               prune_requested=st.T_PRUNE in t.user_attrs)
-            log.info("sweep %s: picking up trial %d (job %s)", self.sweep_id, t.number, job_id)
+                               prune_requested=st.T_PRUNE in t.user_attrs,
+                               eval_job_id=t.user_attrs.get(st.T_EVAL_JOB), eval_run_id=t.user_attrs.get(st.T_EVAL_RUN))
+            current_job, current_run = run.current
+            status = await self.trials.status(current_job)
+            if status is None and run.eval_job_id is None:  # recorded, never queued: submit it under the same id
+                spec = self.spec_cls.model_validate(st.trial_spec(t))
+                await self.trials.submit(self.sweep.method, spec, job_id=job_id, run_id=run_id)
+            elif status is None:  # its evaluation recorded, never queued: the same
+                await self.trials.submit_eval(self._eval_spec(t.number, run), job_id=current_job, run_id=current_run)
+            log.info("sweep %s: picking up trial %d (job %s)", self.sweep_id, t.number, current_job)
             await self._watch(t.number, run)
 
     def _abandon(self, t: FrozenTrial, reason: str) -> None:
@@ -223,13 +267,20 @@ class Coordinator:
         trials."""
         reports: dict[int, list[tuple[int, float]]] = {}
         finished: dict[int, RunFinished] = {}
+        evaluated: dict[int, RunFinished] = {}
         for number, record in items:
             run = self.running.get(number)
-            if run is None or record.sequence in run.seen:
-                continue
-            run.seen.add(record.sequence)
             msg = record.message
-            if isinstance(msg, RunProgressed):
+            run_id = getattr(msg, "run_id", None)
+            if run is None or run_id is None or (run_id, record.sequence) in run.seen:
+                continue
+            run.seen.add((run_id, record.sequence))
+            if run_id == run.eval_run_id:
+                if isinstance(msg, RunFinished):
+                    evaluated[number] = msg
+            elif run_id != run.run_id or run.eval_run_id is not None:
+                continue  # the training run of a trial already being evaluated
+            elif isinstance(msg, RunProgressed):
                 value = run.tracker.add(msg.step, msg.metrics)
                 if value is not None and msg.step not in run.reported:
                     run.reported.add(msg.step)
@@ -245,7 +296,40 @@ class Coordinator:
                 log.info("sweep %s: pruning trial %d at step %d", self.sweep_id, number, prune)
                 await self.trials.cancel(run.job_id)
         for number, msg in finished.items():
-            await self._finish(number, msg.state, msg.error)
+            if self.eval_target is not None and msg.state == JobState.SUCCEEDED:
+                await self._start_eval(number)
+            else:
+                await self._finish(number, msg.state, msg.error)
+        for number, msg in evaluated.items():
+            error = None if msg.state == JobState.SUCCEEDED else f"the evaluation ended {msg.state}: {msg.error}"
+            await self._finish(number, msg.state, error, evaluated=msg)
+
+    # ---- eval objectives -----------------------------------------------------------------------------
+    def _eval_spec(self, number: int, run: RunningTrial) -> EvalJobSpec:
+        """The trial's evaluation: the objective's task on ``run:<trial run>``, recorded on the trial's run."""
+        assert self.eval_target is not None
+        opts = self.sweep.objective.eval
+        options = opts.model_dump() if opts is not None else {}
+        return EvalJobSpec(model=f"run:{run.run_id}", tasks=[self.eval_target.task], record=True,
+                           name=f"{self.sweep.name or self.sweep_id} #{number} eval",
+                           tags=[f"sweep-eval:{self.sweep_id}", f"sweep-trial:{number}"], **options)
+
+    def _record_eval(self, run: RunningTrial, job_id: str, run_id: str) -> None:
+        """(thread) Record the evaluation's ids before it is submitted (the job id last, as for a trial)."""
+        run.trial.set_user_attr(st.T_EVAL_RUN, run_id)
+        run.trial.set_user_attr(st.T_EVAL_JOB, job_id)
+
+    async def _start_eval(self, number: int) -> None:
+        """The trial trained: evaluate its run (it keeps its slot until the evaluation ends)."""
+        run = self.running[number]
+        if run.sub is not None:
+            self._later(run.sub.stop())
+        job_id, run_id = new_id("job"), new_id("run")
+        await asyncio.to_thread(self._record_eval, run, job_id, run_id)
+        run.eval_job_id, run.eval_run_id = job_id, run_id
+        spec = self._eval_spec(number, run)
+        await asyncio.gather(self._watch(number, run), self.trials.submit_eval(spec, job_id=job_id, run_id=run_id))
+        log.info("sweep %s: trial %d trained; evaluating %s as %s", self.sweep_id, number, self.eval_target, job_id)
 
     def _report(self, run: RunningTrial, values: list[tuple[int, float]], may_prune: bool) -> int | None:
         """(thread) Report ``(step, value)`` pairs; the step to prune at, or None."""
@@ -255,29 +339,54 @@ class Coordinator:
             return None
         return values[-1][0] if run.trial.should_prune() else None
 
-    async def _finish(self, number: int, state: JobState, error: str | None) -> None:
+    async def _finish(self, number: int, state: JobState, error: str | None, *,
+                      evaluated: RunFinished | None = None) -> None:
+        """Tell the trial how it ended; the next trial can start right after (the rest runs in the background)."""
         run = self.running.pop(number)
+        missing = await asyncio.to_thread(self._tell, run, state, error, evaluated)
+        self.used += 1
+        self._later(self._after(number, run))
+        if missing is not None:
+            await self._cancel_all()
+            raise SweepStopped(missing)
+
+    async def _after(self, number: int, run: RunningTrial) -> None:
         if run.sub is not None:
             with contextlib.suppress(Exception):
                 await run.sub.stop()
-        await asyncio.to_thread(self._tell, run, state, error)
         if self.on_trial_done is not None:
             assert self.study is not None
-            frozen = await asyncio.to_thread(self.storage.get_trial, run.trial._trial_id)
             try:
+                frozen = await asyncio.to_thread(self.storage.get_trial, run.trial._trial_id)
                 await self.on_trial_done(frozen, self.study)
             except Exception:  # reporting must not stop the sweep
                 log.exception("sweep %s: after trial %d", self.sweep_id, number)
 
-    def _tell(self, run: RunningTrial, state: JobState, error: str | None) -> None:
-        """(thread) Record how the trial's job ended."""
+    def _value(self, run: RunningTrial, evaluated: RunFinished | None) -> tuple[float | None, str | None]:
+        """(value, why there is none) of a trial whose job (and evaluation) succeeded."""
+        if self.eval_target is None:
+            value = run.tracker.value()
+            return value, None if value is not None else f"the run never reported {self.sweep.objective.metric!r}"
+        if evaluated is None:
+            return None, "the evaluation ended without a result"
+        return eval_value(evaluated.summary, self.eval_target), None
+
+    def _tell(self, run: RunningTrial, state: JobState, error: str | None,
+              evaluated: RunFinished | None = None) -> str | None:
+        """(thread) Record how the trial's job (and its evaluation) ended. Returns why the sweep cannot go on
+        (its objective does not exist in the evaluation), else None."""
         assert self.study is not None
         trial = run.trial
         trial.set_user_attr("t_finished_seen", time.time())
         if state == JobState.SUCCEEDED:
-            value = run.tracker.value()
+            try:
+                value, why = self._value(run, evaluated)
+            except ObjectiveMissing as exc:
+                trial.set_user_attr(st.T_ERROR, str(exc))
+                self.study.tell(trial, state=TrialState.FAIL)
+                return str(exc)
             if value is None:
-                trial.set_user_attr(st.T_ERROR, f"the run never reported {self.sweep.objective.metric!r}")
+                trial.set_user_attr(st.T_ERROR, why)
                 self.study.tell(trial, state=TrialState.FAIL)
             else:
                 self.study.tell(trial, value)
@@ -286,18 +395,21 @@ class Coordinator:
         else:
             trial.set_user_attr(st.T_ERROR, error or f"the trial's job ended {state}")
             self.study.tell(trial, state=TrialState.FAIL)
-        log.info("sweep %s: trial %d ended (%s, value %s)", self.sweep_id, trial.number, state,
-                 run.tracker.value())
+        log.info("sweep %s: trial %d ended (%s)", self.sweep_id, trial.number, state)
+        return None
 
     async def _poll(self) -> None:
-        """Safety net for a lost event: a trial whose job ended is settled from its replayed events."""
+        """Safety net for a lost event: a trial whose job (or evaluation) ended is settled from its replayed
+        events."""
         for number, run in list(self.running.items()):
-            status = await self.trials.status(run.job_id)
+            job_id, run_id = run.current
+            status = await self.trials.status(job_id)
             if status is None or not status.state.terminal:
                 continue
-            for record in await self.trials.replay(run.run_id):
+            for record in await self.trials.replay(run_id):
                 await self._handle(number, record)
-            if number in self.running:  # no finished event at all: the status decides
+            if self.running.get(number) is run and run.current[0] == job_id:
+                # no finished event at all: the status decides
                 await self._finish(number, status.state, status.error)
 
     async def _cancel_all(self) -> None:
@@ -305,7 +417,7 @@ class Coordinator:
         their points)."""
         for number, run in list(self.running.items()):
             with contextlib.suppress(Exception):
-                await self.trials.cancel(run.job_id)
+                await self.trials.cancel(run.current[0])
             if run.sub is not None:
                 with contextlib.suppress(Exception):
                     await run.sub.stop()

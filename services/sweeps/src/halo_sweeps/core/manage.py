@@ -11,6 +11,7 @@ from typing import Any
 
 import optuna
 from halo_bus import Bus
+from halo_clients.eval import EvalClient
 from halo_clients.jobs import JobsClient
 from halo_clients.registry import RegistryClient
 from halo_common.errors import BadRequest, Conflict, HaloError, NotFound
@@ -21,6 +22,8 @@ from halo_schemas.sweeps import SweepBest, SweepForked, SweepInfo, SweepJobSpec,
 from pydantic import ValidationError
 
 from halo_sweeps.core import study as st
+from halo_sweeps.core.capacity import check_parallel, host_trial_slots
+from halo_sweeps.core.objective import resolve_eval_objective
 from halo_sweeps.core.space import check_sweep, grid_size, method_spec, path_problem, set_path
 
 log = logging.getLogger("halo_sweeps")
@@ -61,9 +64,14 @@ async def start_coordinator(storage: optuna.storages.RDBStorage, bus: Bus, sweep
     return SweepStarted(sweep_id=sweep_id, job_id=job_id, run_id=run_id, n_trials=budget(sweep))
 
 
-async def create(storage: optuna.storages.RDBStorage, bus: Bus, raw: dict[str, Any]) -> SweepStarted:
-    """Validate (nothing starts on bad input), create the study, start the coordinator."""
+async def create(storage: optuna.storages.RDBStorage, bus: Bus, raw: dict[str, Any], *,
+                 slots: int | None = None) -> SweepStarted:
+    """Validate (nothing starts on bad input), create the study, start the coordinator. ``slots``: the host's
+    trial slots (:func:`~halo_sweeps.core.capacity.host_trial_slots`; None: this host's devices); an eval
+    objective's task is resolved on the eval service first."""
     sweep = parse_sweep(raw)
+    check_parallel(sweep, slots if slots is not None else await asyncio.to_thread(host_trial_slots))
+    sweep = await resolve_eval_objective(EvalClient(bus), sweep)
     sweep_id = new_id("sweep")
     await asyncio.to_thread(st.create_study, storage, sweep_id, sweep)
     return await start_coordinator(storage, bus, sweep_id, sweep)

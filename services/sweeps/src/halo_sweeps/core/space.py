@@ -113,7 +113,7 @@ def check_sweep(sweep: SweepSpec) -> type[TrainSpecBase]:
     """Refuse a sweep that cannot run, naming the field: an unknown method, an invalid base spec, a search-space
     path the spec does not have, a value at a range's end (or a choice) the spec refuses, a grid that cannot be
     enumerated, an objective the method never reports. Returns the method's spec class."""
-    from halo_sweeps.core.objective import check_objective
+    from halo_sweeps.core.objective import check_objective, eval_target
 
     spec_cls = method_spec(sweep.method)
     try:
@@ -139,6 +139,10 @@ def check_sweep(sweep: SweepSpec) -> type[TrainSpecBase]:
     if sweep.sampler == "grid":
         grid_values(sweep.search_space)
     check_objective(sweep.method, spec_cls.model_validate(sweep.base), sweep.objective)
+    if eval_target(sweep.objective) is not None and sweep.pruning.kind != "none":
+        raise BadRequest("pruning.kind: an eval objective has one value per trial (after it trained), no "
+                         "intermediate values to prune on; use pruning: {kind: none}, or a run-event objective "
+                         "(eval_loss) to prune", param="pruning.kind")
     return spec_cls
 
 

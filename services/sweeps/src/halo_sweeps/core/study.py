@@ -38,6 +38,8 @@ ATTR_SPEC, ATTR_CREATED, ATTR_JOB, ATTR_BEST_RUN = "halo_spec", "halo_created_at
 #: Trial user attributes.
 T_JOB, T_RUN, T_SPEC, T_PRUNE, T_ERROR, T_ABANDONED = ("job_id", "run_id", "spec", "prune_requested_step", "error",
                                                        "abandoned")
+#: Trial user attributes of an eval objective: the evaluation job of the trained trial and its run.
+T_EVAL_JOB, T_EVAL_RUN = "eval_job_id", "eval_run_id"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
