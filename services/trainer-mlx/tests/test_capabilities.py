@@ -22,15 +22,19 @@ def _spec(data: Path, **kw: Any) -> dict[str, Any]:
     ("sft", {"attn_implementation": "flash_attention_2"}, ["flash-attention", "mlx"]),
     ("sft", {"lora": {"modules_to_save": ["lm_head"]}}, ["modules_to_save", "mlx"]),
     ("sft", {"trust_remote_code": True}, ["trust_remote_code", "mlx"]),
-    ("grpo", {}, ["GRPO", "trainer-mlx", "backend=torch"]),
+    ("raft", {}, ["RAFT", "trainer-mlx", "backend=torch"]),
+    ("grpo", {"loss_type": "sapo"}, ["loss_type='sapo'", "mlx", "backend=torch"]),
+    ("grpo", {"generation": "trl"}, ["generation='trl'", "mlx"]),
+    ("grpo", {"gradient_checkpointing": True}, ["gradient_checkpointing=True", "mlx"]),
 ])
 def test_unsupported_fields_are_refused_before_loading(tmp_path: Path, method: str, fields: dict[str, Any],
                                                        words: list[str]) -> None:
     # The data file does not exist: the refusal must come before the data (and the model) is read.
     missing = tmp_path / "never-read.jsonl"
     spec = _spec(missing, **fields)
-    if method == "grpo":
-        spec = {"model": "tiny://llama", "backend": "mlx", "data": {"train": str(missing)}, "verifiers": [{"name": "exact_match"}]}
+    if method in ("grpo", "raft"):
+        spec = {"model": "tiny://llama", "backend": "mlx", "data": {"train": str(missing)},
+                "verifiers": [{"name": "exact_match"}], **fields}
     summary = run_job(method, spec, tmp_path / "run")
     assert summary.state == JobState.FAILED
     assert summary.service == "trainer-mlx"

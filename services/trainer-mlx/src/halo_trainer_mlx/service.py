@@ -21,7 +21,7 @@ from halo_trainer_mlx.settings import TrainerMlxSettings
 class TrainerMlx(TrainerService):
     name = "trainer-mlx"
     version = __version__
-    description = "SFT (full, LoRA, DoRA) on Apple MLX: Metal, or MLX's CPU build"
+    description = "SFT (full, LoRA, DoRA), DPO, ORPO, reward models and GRPO on Apple MLX: Metal, or MLX's CPU build"
     settings_cls = TrainerMlxSettings
     methods = METHODS
 

@@ -12,4 +12,4 @@ class TrainerMlxSettings(TrainerSettings):
 
     model_config = SettingsConfigDict(env_prefix="HALO_TRAINER_MLX_", extra="ignore", validate_default=True)
 
-    job_types: str = Field(default="sft,dpo,orpo,rm", description="Comma-separated job types this instance consumes.")
+    job_types: str = Field(default="sft,dpo,orpo,rm,grpo", description="Comma-separated job types this instance consumes.")

@@ -53,10 +53,18 @@ def unpacked(encoded: list[dict[str, list[int]]]) -> list[Row]:
     return [Row(list(e["input_ids"]), list(e["labels"]), [len(e["input_ids"])]) for e in encoded]
 
 
+PAD_TO = 32
+
+
 def collate(rows: list[Row], pad_id: int, packed: bool) -> Batch:
     import mlx.core as mx
 
     width = max(len(r.input_ids) for r in rows)
+    if not packed:
+        # Round padded rows up to a multiple of PAD_TO (as mlx-lm does): a few distinct shapes, so the compiled
+        # training step traces a few times instead of once per batch width. Padding is masked and, with causal
+        # attention on right-padded rows, never seen by a real token.
+        width = -(-width // PAD_TO) * PAD_TO
     ids = np.full((len(rows), width), pad_id, dtype=np.int32)
     labels = np.full((len(rows), width), IGNORE, dtype=np.int32)
     positions = np.zeros((len(rows), width), dtype=np.int32)
@@ -69,8 +77,18 @@ def collate(rows: list[Row], pad_id: int, packed: bool) -> Batch:
         positions[i, :n], segments[i, :n] = pos, seg
         positions[i, n:] = np.arange(width - n)
         segments[i, n:] = len(r.lengths)  # the pad tail: a pseudo-record of its own, never attended to
-    items = int((labels[:, 1:] != IGNORE).sum())
-    arrays = {"ids": mx.array(ids), "labels": mx.array(labels)}
+    trained = labels[:, 1:] != IGNORE
+    items = int(trained.sum())
+    # Flat (row * width + position) indices of the hidden states that predict a trained label, padded to a
+    # multiple of PAD_TO with a masked slot: the LM head and the cross entropy run only there.
+    b_idx, t_idx = np.nonzero(trained)
+    k = max(PAD_TO, -(-items // PAD_TO) * PAD_TO)
+    sel = np.zeros(k, dtype=np.int32)
+    sel_labels = np.full(k, IGNORE, dtype=np.int32)
+    sel[:items] = b_idx * width + t_idx
+    sel_labels[:items] = labels[b_idx, t_idx + 1]
+    arrays = {"ids": mx.array(ids), "labels": mx.array(labels), "sel": mx.array(sel),
+              "sel_labels": mx.array(sel_labels)}
     if packed:
         arrays.update(positions=mx.array(positions), segments=mx.array(segments))
     return Batch(arrays=arrays, tokens=sum(len(r.input_ids) for r in rows), items=items)

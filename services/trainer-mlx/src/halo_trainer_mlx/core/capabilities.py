@@ -14,11 +14,12 @@ from __future__ import annotations
 from halo_common.errors import Unprocessable
 from halo_schemas.training import TrainSpecBase
 
+from halo_trainer_mlx.core import rl_prompts  # noqa: F401  (registers the RL record formats with the data loader)
+
 #: Job types trainer-mlx runs (the others are refused with the reason).
-METHODS = ("sft", "dpo", "orpo", "rm")
+METHODS = ("sft", "dpo", "orpo", "rm", "grpo")
 #: Methods trainer-torch runs that trainer-mlx refuses, with the reason (docs/mlx.md).
 NOT_ON_MLX = {
-    "grpo": "GRPO is not implemented on MLX yet",
     "raft": "RAFT is not implemented on MLX yet",
 }
 
@@ -30,7 +31,12 @@ MLX_CAPABILITIES = {
     "num_processes>1 (ddp, fsdp, deepspeed)": False, "attn_implementation=flash_attention_2": False,
     "lora.modules_to_save": False, "probe": False, "trust_remote_code": False,
     "early_stopping": True, "merge_adapter": True, "sample_prompts": True,
+    "grpo": True, "grpo.loss_type=grpo|dapo|dr_grpo|bnpo": True, "grpo.loss_type=cispo|sapo|luspo|vespo": False,
+    "grpo.importance_sampling_level=token|sequence": True, "grpo.generation=trl": False, "raft": False,
 }
+
+#: GRPO loss aggregations implemented on MLX (the others are TRL-only today).
+GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
 
 _FINETUNE_REASONS = {
     "rslora": "rank-stabilised LoRA (rsLoRA)",
@@ -63,6 +69,20 @@ def check_spec(method: str, spec: TrainSpecBase) -> None:
                       "leave it empty, or use backend=torch")
     if spec.probe is not None:
         raise _refuse("probe", "set", "evaluation probes during training", "leave probe unset, or use backend=torch")
+    if method == "grpo":
+        _check_grpo(spec)
     if spec.trust_remote_code:
         raise _refuse("trust_remote_code", True, "model code shipped with a checkpoint",
                       "mlx-lm runs only its own architectures")
+
+
+def _check_grpo(spec: TrainSpecBase) -> None:
+    loss_type = getattr(spec, "loss_type", "dapo")
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise _refuse("loss_type", loss_type, f"the {loss_type} GRPO objective",
+                      f"use loss_type {', '.join(GRPO_LOSS_TYPES)}, or backend=torch")
+    if spec.gradient_checkpointing:
+        raise _refuse("gradient_checkpointing", True, "gradient checkpointing in GRPO (its rollouts run the same layers)",
+                      "leave it unset, or use backend=torch")
+    if getattr(spec, "generation", "rollout") == "trl":
+        raise _refuse("generation", "trl", "TRL's model.generate", "use generation=rollout (MLX sampling)")

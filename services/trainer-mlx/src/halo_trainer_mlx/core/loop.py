@@ -42,10 +42,17 @@ class Task(Protocol):
         """The training micro-batches of ``epoch``, in order (deterministic per seed and epoch)."""
 
     def loss(self, model: Any, batch: Batch) -> tuple[Any, dict[str, Any]]:
-        """(summed loss over the batch's loss items, summed per-item statistics) as MLX scalars."""
+        """(summed loss over the batch's loss items, summed per-item statistics) as MLX scalars. Runs inside
+        ``mx.compile``: it may read only ``batch.arrays`` (and their shapes), not ``batch.tokens`` / ``items``."""
 
     def eval_batches(self) -> list[Batch]:
         """Evaluation micro-batches (empty without eval data)."""
+
+
+# Optional Task methods (an on-policy task, e.g. GRPO, whose batches depend on the current weights):
+#   micro_batches_per_epoch() -> int            instead of len(epoch_batches(0))
+#   step_batches(step, model) -> list[Batch]    the micro-batches of optimizer step ``step`` (0-based), built now
+#   step_metrics() -> dict[str, float]          extra numbers for the metrics line of the step just taken
 
 
 @dataclass
@@ -105,15 +112,16 @@ def train_loop(ctx: JobContext, model: Any, task: Task, *, extra_state: dict[str
     """Run the optimizer steps of ``ctx.spec`` (resuming from ``ctx.resume_from``)."""
     import mlx.core as mx
     import mlx.nn as nn
-    import mlx.optimizers as optim
-    from mlx.utils import tree_map
 
     spec, run, reporter, control = ctx.spec, ctx.run, ctx.reporter, ctx.control
     optimizer = make_optimizer(ctx)
-    first_epoch = task.epoch_batches(0)
-    if not first_epoch:
+    step_batches = getattr(task, "step_batches", None)
+    step_metrics = getattr(task, "step_metrics", None)
+    first_epoch = [] if step_batches is not None else task.epoch_batches(0)
+    n_micro = task.micro_batches_per_epoch() if step_batches is not None else len(first_epoch)  # type: ignore[attr-defined]
+    if not n_micro:
         raise ValueError("no training batches")
-    per_epoch, planned = total_steps(micro_batches_per_epoch=len(first_epoch), grad_accum=spec.grad_accum,
+    per_epoch, planned = total_steps(micro_batches_per_epoch=n_micro, grad_accum=spec.grad_accum,
                                      epochs=spec.epochs, max_steps=spec.max_steps)
     warmup = warmup_steps(planned, spec.warmup_ratio)
     state = LoopState()
@@ -130,7 +138,10 @@ def train_loop(ctx: JobContext, model: Any, task: Task, *, extra_state: dict[str
         return loss / n_items, stats
 
     value_and_grad = nn.value_and_grad(model, lambda m, b, n: step_loss(m, b, n))
+    micro_step, update_step, whole_step = _compiled_steps(model, optimizer, value_and_grad, spec.max_grad_norm,
+                                                          compiled=step_batches is None)
     reporter.started(total_steps=planned, resumed_from_step=resumed_from, info={"tokens": state.tokens})
+    power_watts()  # the first reading imports the telemetry samplers: not inside the timed loop
     t_loop, tokens_at_start = time.monotonic(), state.tokens
     last_emit, last_t, last_tokens = 0.0, time.monotonic(), state.tokens
     stop: str | None = None
@@ -151,24 +162,25 @@ def train_loop(ctx: JobContext, model: Any, task: Task, *, extra_state: dict[str
         reporter.checkpointed(state.step, str(path))
 
     while state.step < planned:
-        micro = batches_of(state.step)
+        micro = step_batches(state.step, model) if step_batches is not None else batches_of(state.step)
         n_items = max(1, sum(b.items for b in micro))
-        optimizer.learning_rate = mx.array(ctx.resolved.learning_rate * lr_factor(spec.lr_scheduler, state.step,
-                                                                                  planned, warmup))
+        lr_used = ctx.resolved.learning_rate * lr_factor(spec.lr_scheduler, state.step, planned, warmup)
+        optimizer.learning_rate = mx.array(lr_used, dtype=mx.float32)
+        n_arr = mx.array(float(n_items), dtype=mx.float32)
         grads_acc: Any = None
         loss_sum = mx.array(0.0)
         stats_acc: dict[str, Any] = {}
-        for b in micro:
-            (loss, stats), grads = value_and_grad(model, b, n_items)
-            grads_acc = grads if grads_acc is None else tree_map(lambda a, g: a + g, grads_acc, grads)
-            loss_sum = loss_sum + loss
-            for k, v in stats.items():
-                stats_acc[k] = stats_acc.get(k, 0.0) + v
-            mx.eval(grads_acc, loss_sum)
-        grads_acc, grad_norm = optim.clip_grad_norm(grads_acc, spec.max_grad_norm)
-        lr_used = float(optimizer.learning_rate.item())
-        optimizer.update(model, grads_acc)
-        mx.eval(model.parameters(), optimizer.state, grad_norm)
+        if len(micro) == 1:  # no accumulation: forward, backward, clip and update in one compiled call
+            loss_sum, stats_acc, grad_norm = whole_step(micro[0].arrays, n_arr)
+        else:
+            for b in micro:
+                loss, stats, grads_acc = micro_step(b.arrays, n_arr, grads_acc)
+                loss_sum = loss_sum + loss
+                for k, v in stats.items():
+                    stats_acc[k] = stats_acc.get(k, 0.0) + v
+                mx.eval(grads_acc, loss_sum)  # bound memory: one micro-batch's graph at a time
+            grad_norm = update_step(grads_acc)
+        mx.eval(model.state, optimizer.state, grad_norm, loss_sum, stats_acc)
         state.step += 1
         state.tokens += sum(b.tokens for b in micro)
         loss_value = float(loss_sum.item())
@@ -181,6 +193,8 @@ def train_loop(ctx: JobContext, model: Any, task: Task, *, extra_state: dict[str
                                          "learning_rate": lr_used, "tokens": float(state.tokens)}
             for k, v in stats_acc.items():
                 metrics[k] = float(v.item() if hasattr(v, "item") else v) / n_items
+            if step_metrics is not None:
+                metrics.update(step_metrics())
             if now > last_t and state.tokens > last_tokens:
                 metrics["tokens_per_second"] = (state.tokens - last_tokens) / (now - last_t)
             last_t, last_tokens = now, state.tokens
@@ -225,6 +239,39 @@ def train_loop(ctx: JobContext, model: Any, task: Task, *, extra_state: dict[str
     if state.evals:
         result.extras["eval_loss"] = state.evals[-1]
     return result
+
+
+def _compiled_steps(model: Any, optimizer: Any, value_and_grad: Any, max_grad_norm: float,
+                    compiled: bool) -> tuple[Any, Any, Any]:
+    """(micro_step, update_step, whole_step): the forward/backward of one micro-batch (accumulating gradients),
+    the clip + optimizer update, and both for a step of one micro-batch; compiled with ``mx.compile`` over the model, optimizer and random state as mlx-lm's
+    trainer does (fused kernels, no per-op dispatch). Batches of a new shape trace once more. On-policy tasks
+    (GRPO), whose batches carry host-side numbers, run them uncompiled."""
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx.utils import tree_map
+
+    def micro(arrays: dict[str, Any], n_items: Any, acc: Any) -> tuple[Any, Any, Any]:
+        (loss, stats), grads = value_and_grad(model, Batch(arrays=arrays, tokens=0, items=0), n_items)
+        if acc is not None:
+            grads = tree_map(lambda a, g: a + g, acc, grads)
+        return loss, stats, grads
+
+    def update(grads: Any) -> Any:
+        grads, norm = optim.clip_grad_norm(grads, max_grad_norm)
+        optimizer.update(model, grads)
+        return norm
+
+    def whole(arrays: dict[str, Any], n_items: Any) -> tuple[Any, Any, Any]:
+        loss, stats, grads = micro(arrays, n_items, None)
+        return loss, stats, update(grads)
+
+    if not compiled:
+        return micro, update, whole
+    if not optimizer.state:  # create the moments now, so the compiled functions see the whole state
+        optimizer.init(model.trainable_parameters())
+    state = [model.state, optimizer.state, mx.random.state]
+    return tuple(mx.compile(f, inputs=state, outputs=state) for f in (micro, update, whole))  # type: ignore[return-value]
 
 
 def _should_stop(evals: list[float], es: Any) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from halo_common.errors import Unprocessable
+from halo_schemas.rl import RLSpecBase
 from halo_schemas.training import TrainSpecBase
 from halo_training.models import resolve_model_path
 
@@ -65,7 +66,9 @@ def resolve_settings(spec: TrainSpecBase) -> ResolvedSettings:
     elif dtype == "float16" and device == "cpu":
         raise Unprocessable("dtype='float16': half-precision training is not available on the mlx backend's CPU build "
                             "(trainer-mlx); use float32 or bfloat16", param="dtype")
-    gc = spec.gradient_checkpointing if spec.gradient_checkpointing is not None else device == "metal"
+    # GRPO: off (mlx-lm's grad_checkpoint patches the layer class, which the rollouts run too; refused if asked).
+    rl = isinstance(spec, RLSpecBase)
+    gc = spec.gradient_checkpointing if spec.gradient_checkpointing is not None else (device == "metal" and not rl)
     lr = spec.learning_rate or (2e-5 if spec.finetune == "full" else 2e-4)
     return ResolvedSettings(backend="mlx", device=device, model_path=resolve_model_path(spec.model), dtype=dtype,
                             gradient_checkpointing=bool(gc), learning_rate=float(lr))
@@ -245,3 +248,33 @@ def forward(model: Any, ids: Any, positions: Any | None = None, segments: Any | 
     mask = (segments[:, None, :, None] == segments[:, None, None, :]) & causal
     with _positions(positions):
         return model(ids, cache=[_PackedMask(mask) for _ in model.layers])
+
+
+#: mlx-lm architectures whose ``Model.__call__`` is exactly ``lm_head(model(...))`` (or the tied embedding): for
+#: them :func:`hidden_states` + :func:`lm_head` compute logits only where a loss is taken.
+PLAIN_HEAD_MODULES = ("mlx_lm.models.llama", "mlx_lm.models.qwen2", "mlx_lm.models.qwen3")
+
+
+def has_plain_head(model: Any) -> bool:
+    return type(model).__module__ in PLAIN_HEAD_MODULES and hasattr(model, "model")
+
+
+def hidden_states(model: Any, ids: Any, positions: Any | None = None, segments: Any | None = None) -> Any:
+    """The last hidden states (B, L, H) of :func:`forward` (before the LM head); ``has_plain_head`` models only."""
+    import mlx.core as mx
+
+    if positions is None:
+        return model.model(ids)
+    n = ids.shape[1]
+    causal = mx.tril(mx.ones((n, n), dtype=mx.bool_))
+    mask = (segments[:, None, :, None] == segments[:, None, None, :]) & causal
+    with _positions(positions):
+        return model.model(ids, cache=[_PackedMask(mask) for _ in model.layers])
+
+
+def lm_head(model: Any, hidden: Any) -> Any:
+    """Logits of selected hidden states (the tied embedding or ``lm_head``, as the model's own ``__call__``)."""
+    if model.args.tie_word_embeddings:
+        return model.model.embed_tokens.as_linear(hidden)
+    return model.lm_head(hidden)
+

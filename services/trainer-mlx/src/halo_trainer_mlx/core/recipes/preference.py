@@ -19,7 +19,7 @@ from halo_training.models import resolve_model_path
 from halo_training.runs import RecipeResult
 from halo_training.tokenize import PreferenceEncoder, encode_pairs, render_pair
 
-from halo_trainer_mlx.core.batching import epoch_order
+from halo_trainer_mlx.core.batching import PAD_TO, epoch_order
 from halo_trainer_mlx.core.context import JobContext
 from halo_trainer_mlx.core.export import export_model
 from halo_trainer_mlx.core.loop import Batch, train_loop
@@ -46,6 +46,7 @@ def pair_batch(pairs: list[dict[str, list[int]]], pad_id: int, ref: np.ndarray |
 
     seqs = [(p["prompt_ids"], p["chosen_ids"]) for p in pairs] + [(p["prompt_ids"], p["rejected_ids"]) for p in pairs]
     width = max(len(a) + len(b) for a, b in seqs)
+    width = -(-width // PAD_TO) * PAD_TO  # few distinct shapes for the compiled step (pads are masked)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int32)
     labels = np.full((len(seqs), width), IGNORE, dtype=np.int32)
     for i, (prompt, completion) in enumerate(seqs):
@@ -94,7 +95,7 @@ class PreferenceTask:
         import mlx.core as mx
 
         logps = sequence_logps(model, batch)
-        n = batch.items
+        n = batch.arrays["ids"].shape[0] // 2  # chosen rows then rejected rows (a static shape under mx.compile)
         chosen, rejected = logps[:n], logps[n:]
         lengths = batch.arrays["lengths"]
         if self.method == "orpo":

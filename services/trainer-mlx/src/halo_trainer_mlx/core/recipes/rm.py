@@ -20,7 +20,7 @@ from halo_training.models import write_verifier_manifest
 from halo_training.runs import RecipeResult
 from halo_training.tokenize import encode_pairs
 
-from halo_trainer_mlx.core.batching import epoch_order
+from halo_trainer_mlx.core.batching import PAD_TO, epoch_order
 from halo_trainer_mlx.core.context import JobContext
 from halo_trainer_mlx.core.export import TOKENIZER_FILES, _fresh
 from halo_trainer_mlx.core.loop import Batch, train_loop
@@ -43,6 +43,7 @@ def sequences_batch(pairs: list[dict[str, list[int]]], pad_id: int) -> Batch:
 
     seqs = [p["prompt_ids"] + p["chosen_ids"] for p in pairs] + [p["prompt_ids"] + p["rejected_ids"] for p in pairs]
     width = max(len(s) for s in seqs)
+    width = -(-width // PAD_TO) * PAD_TO  # few distinct shapes for the compiled step (pads are masked)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int32)
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = s
@@ -76,7 +77,7 @@ class RewardTask:
         import mlx.core as mx
 
         r = rewards(model, batch)
-        n = batch.items
+        n = batch.arrays["ids"].shape[0] // 2  # chosen rows then rejected rows (a static shape under mx.compile)
         chosen, rejected = r[:n], r[n:]
         loss = bradley_terry_loss(chosen, rejected, center_coefficient=self.spec.center_rewards_coefficient)
         c, j = mx.stop_gradient(chosen), mx.stop_gradient(rejected)

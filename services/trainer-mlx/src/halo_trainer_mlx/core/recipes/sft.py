@@ -24,6 +24,9 @@ from halo_trainer_mlx.core.model import (
     enable_gradient_checkpointing,
     enable_packing,
     forward,
+    has_plain_head,
+    hidden_states,
+    lm_head,
     load_model,
     load_tokenizer,
 )
@@ -58,6 +61,15 @@ def token_loss(model: Any, batch: Batch) -> tuple[Any, dict[str, Any]]:
     import mlx.nn as nn
 
     a = batch.arrays
+    if "sel" in a and has_plain_head(model):
+        # Only the positions that predict a trained label go through the LM head and the cross entropy
+        # (completion-only loss trains a fraction of the tokens; the vocabulary projection is the widest matmul).
+        hidden = hidden_states(model, a["ids"], a.get("positions"), a.get("segments"))
+        picked = hidden.reshape(-1, hidden.shape[-1])[a["sel"]]
+        targets = a["sel_labels"]
+        mask = targets != IGNORE
+        ce = nn.losses.cross_entropy(lm_head(model, picked).astype(mx.float32), mx.where(mask, targets, 0))
+        return (ce * mask).sum(), {}
     logits = forward(model, a["ids"], a.get("positions"), a.get("segments"))
     targets = a["labels"][:, 1:]
     mask = targets != IGNORE
