@@ -11,7 +11,8 @@ Runs ``run_job`` (the recipe the service runs) in this process for ``--steps`` o
 cProfile and splits the training loop's time into: data collation (the collator), forward (the model's
 forward passes, the reference's included), backward, optimizer (AdamW step, zero_grad, gradient clipping),
 logging/events (metrics rows, progress events, the Trainer's log path, DPO's reward statistics) and the rest
-(the Trainer's own loop, scheduler, callbacks). cProfile adds a per-call cost to Python-heavy parts (logging,
+(the Trainer's own loop, scheduler, callbacks); the checkpoint saved when the run reaches max_steps is its own
+line. cProfile adds a per-call cost to Python-heavy parts (logging,
 collation) and none to time inside torch kernels, so the Python parts read a little high. The load average is
 printed (shared machines): compare shares, not seconds. ``docs/performance.md`` holds the figures.
 """
@@ -36,7 +37,11 @@ CATEGORIES: dict[str, list[tuple[str, str]]] = {
     "backward": [("accelerator.py", "backward")],
     "optimizer": [("optimizer.py", "wrapper"), ("optimizer.py", "zero_grad"), ("clip_grad.py", "_clip_grads_with_norm_"),
                   ("clip_grad.py", "_get_total_norm")],
-    "logging/events": [("trainer.py", "_maybe_log_save_evaluate"), ("preference.py", "_record")],
+    # Our Trainer.log override (metrics rows, progress events, the Trainer's own log path) and DPO's reward
+    # statistics. Not _maybe_log_save_evaluate: it also holds the checkpoint save, counted on its own below.
+    "logging/events": [("hooks.py", "log"), ("preference.py", "_record")],
+    # The checkpoint written when max_steps is reached (once per run: read its share as amortised over --steps).
+    "checkpoint save": [("", "_save_checkpoint")],
 }
 
 
@@ -65,7 +70,8 @@ def _data(model: str, out: Path, method: str, n: int) -> Path:
 
 
 def categorise(stats: pstats.Stats, loop_s: float) -> dict[str, float]:
-    """Seconds per category (the largest matching entry's cumulative time, summed over a category's entries)."""
+    """Seconds per category (the largest matching entry's cumulative time, summed over a category's entries;
+    an empty file suffix matches any file, so the outermost of several same-named functions counts)."""
     out: dict[str, float] = {}
     for cat, entries in CATEGORIES.items():
         total = 0.0

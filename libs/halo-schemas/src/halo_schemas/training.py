@@ -266,6 +266,10 @@ class DPOSpec(TrainSpecBase):
         default=None,
         description="Reference model id or path. Default: the base model (adapters: the base with the adapter disabled).",
     )
+    disable_dropout: bool = Field(
+        default=True, description="Train with every dropout off (the adapter's included), as TRL does for preference "
+        "objectives: the loss compares log-probs of the policy in training mode with a reference (or the other "
+        "completion), and dropout would make that difference noise. It is also a large part of a CPU step.")
 
     def model_refs(self) -> list[tuple[str, str]]:
         return super().model_refs() + ([("ref_model", self.ref_model)] if self.ref_model else [])
@@ -285,6 +289,10 @@ class ORPOSpec(TrainSpecBase):
     schema_id = "halo.spec.orpo.v1"
 
     beta: float = Field(default=0.1, gt=0, description="Weight lambda of the odds-ratio term.")
+    disable_dropout: bool = Field(
+        default=True, description="Train with every dropout off (the adapter's included), as TRL does for preference "
+        "objectives: the loss compares log-probs of the policy in training mode with a reference (or the other "
+        "completion), and dropout would make that difference noise. It is also a large part of a CPU step.")
 
 
 class RewardModelSpec(TrainSpecBase):

@@ -143,7 +143,9 @@ def apply_finetune(model: Any, spec: TrainSpecBase) -> dict[str, Any]:
         model.unfreeze()
         return {"fine_tune_type": "full", "num_layers": len(model.layers)}
     model.freeze()
-    params = {"rank": spec.lora.rank, "scale": lora_scale(spec), "dropout": spec.lora.dropout,
+    # Preference specs train with dropout off by default (disable_dropout), as trainer-torch does.
+    dropout = 0.0 if getattr(spec, "disable_dropout", False) else spec.lora.dropout
+    params = {"rank": spec.lora.rank, "scale": lora_scale(spec), "dropout": dropout,
               "keys": lora_keys(model, spec.lora.target_modules)}
     linear_to_lora_layers(model, len(model.layers), params, use_dora=spec.finetune == "dora")
     return {"fine_tune_type": spec.finetune, "num_layers": len(model.layers), "lora_parameters": params}

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
-from trl.trainer.utils import add_fused_lm_head
+from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from halo_trainer_torch.core.components.hooks import HaloTrainerMixin
 from halo_trainer_torch.core.components.losses import PreferenceLossOutput
@@ -41,7 +41,8 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
 
     def __init__(self, *, model: Any, args: Any, train_dataset: Any, eval_dataset: Any, tokenizer: Any,
                  objective: Objective, reference: str = "none", ref_model: Any = None,
-                 callbacks: list[Any] | None = None, max_length: int | None = None) -> None:
+                 callbacks: list[Any] | None = None, max_length: int | None = None,
+                 disable_dropout: bool = True) -> None:
         if reference not in ("none", "adapter", "model"):
             raise ValueError(f"unknown reference mode {reference!r}")
         if reference == "adapter" and not is_peft(model):
@@ -49,6 +50,10 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
         if reference == "model" and ref_model is None:
             raise ValueError("reference='model' needs ref_model")
         add_fused_lm_head(model.get_base_model() if is_peft(model) else model)
+        if disable_dropout:
+            disable_dropout_in_model(model)
+            if ref_model is not None:
+                disable_dropout_in_model(ref_model)
         if is_peft(model) and args.gradient_checkpointing:
             model.enable_input_require_grads()
         collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=max_length)

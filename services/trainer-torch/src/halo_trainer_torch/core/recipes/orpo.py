@@ -55,6 +55,7 @@ def train(ctx: JobContext) -> RecipeResult:
     trainer = PreferenceTrainer(
         model=model, args=TrainingArguments(**training_kwargs(ctx)), train_dataset=train_ds, eval_dataset=eval_ds,
         tokenizer=tok, objective=objective_for(spec), reference="none", callbacks=[callback],
+        disable_dropout=spec.disable_dropout,
     )
 
     def extras(_t: Any, _e: dict[str, float]) -> dict[str, Any]:
