@@ -15,8 +15,8 @@ from halo_schemas.jobs import JobState
 from halo_schemas.rl import GRPOSpec, VerifierRef
 from halo_schemas.verifiers import VerifyContext
 from halo_trainer_mlx.core.recipes.grpo import group_advantages, grpo_token_loss
-from halo_trainer_mlx.core.rewards import LocalTransport, VerifierReward
 from halo_trainer_mlx.core.runner import run_job
+from halo_training.rewards import LocalTransport, VerifierReward
 
 #: The tag task of trainer-torch's GRPO test: "tag:<word>" -> "<answer><word></answer>", partial credit per pattern.
 TRAIN_WORDS = ["boat", "door", "chair", "iron", "river", "crab", "apple", "frog", "wolf", "cloud", "rain", "wind",

@@ -17,8 +17,8 @@ from halo_schemas.jobs import JobState
 from halo_schemas.rl import GRPOSpec, VerifierRef, resolve_labels
 from halo_schemas.verifiers import VerifyContext, VerifyResult, VerifyStage
 from halo_trainer_torch.core.components.hooks import JobControl, Reporter
-from halo_trainer_torch.core.components.rewards import LocalTransport, VerifierReward, combine
 from halo_trainer_torch.core.runner import Preempted, run_job
+from halo_training.rewards import LocalTransport, VerifierReward, combine
 from pydantic import ValidationError
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "halo_trainer_torch" / "data"

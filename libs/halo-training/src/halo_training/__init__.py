@@ -7,6 +7,9 @@
 * :mod:`halo_training.runs` — spec validation, attempts bookkeeping and the :class:`TrainingSummary`.
 * :mod:`halo_training.jobs` — a job delivery on a trainer service: the recipe in a worker thread, its events on
   the bus through :class:`halo_runtime.jobs.JobLifecycle`; :class:`TrainerService` is the service base.
+* :mod:`halo_training.rl_prompts` — RL records (GRPO, RAFT) to prompts with their verifier contexts.
+* :mod:`halo_training.rewards` — the weighted verifier reward of RL jobs (verifier-sandbox over the bus, or the
+  verifier library in-process).
 """
 
 __version__ = "0.1.0"

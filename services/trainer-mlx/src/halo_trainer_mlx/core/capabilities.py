@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from halo_common.errors import Unprocessable
 from halo_schemas.training import TrainSpecBase
+from halo_training.rl_prompts import register_rl_formats
 
-from halo_trainer_mlx.core import rl_prompts  # noqa: F401  (registers the RL record formats with the data loader)
+register_rl_formats("grpo")  # the shared data loader accepts the RL record formats for grpo jobs
 
 #: Job types trainer-mlx runs (the others are refused with the reason).
 METHODS = ("sft", "dpo", "orpo", "rm", "grpo")

@@ -6,7 +6,7 @@ Each optimizer step (``batch_size x grad_accum`` completions = ``prompts x num_g
 1. **rollout** — :class:`halo_sampling.backends.mlx_backend.MLXBackend` wraps the policy module in memory (no copy);
    its ``weights_version`` is bumped once per new generation batch, so every batch records the weights that
    produced it. Seeds derive from ``(seed, generation index, prompt)``: a resumed run samples as it would have;
-2. **reward** — :class:`~halo_trainer_mlx.core.rewards.VerifierReward` (verifier-sandbox over the bus, or the
+2. **reward** — :class:`halo_training.rewards.VerifierReward` (verifier-sandbox over the bus, or the
    library in-process with ``verifier_transport: local``); graduated credit is kept, a completion no verifier
    could check gets no advantage;
 3. **advantages** — ``(r - group mean) / (group std + 1e-4)`` (``scale_rewards: group``), the batch std
@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 from halo_schemas.rl import GRPOSpec
 from halo_schemas.rollout import SampleParams, SampleResult
-from halo_schemas.training import RenderedSample, TokenSegment
+from halo_schemas.training import RenderedSample
 from halo_training.data import TrainingData
+from halo_training.rewards import RewardBatch, VerifierReward, make_transport
+from halo_training.rl_prompts import RLPrompt, has_chat_template, render_prompts, rl_prompts
 from halo_training.runs import RecipeResult
 
 from halo_trainer_mlx.core.batching import epoch_order
@@ -42,8 +44,6 @@ from halo_trainer_mlx.core.context import JobContext
 from halo_trainer_mlx.core.export import export_model
 from halo_trainer_mlx.core.loop import Batch, train_loop
 from halo_trainer_mlx.core.model import apply_finetune, load_model, load_tokenizer
-from halo_trainer_mlx.core.rewards import Scored, VerifierReward, make_transport
-from halo_trainer_mlx.core.rl_prompts import RLPrompt, rl_prompts
 
 ADV_EPS = 1e-4  # TRL's std epsilon
 
@@ -54,26 +54,14 @@ def derive_seed(seed: int, index: int) -> int:
     return _derive(seed, index)
 
 
-def has_chat_template(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
+def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def preview(spec: GRPOSpec, tokenizer: Any, data: TrainingData, num_samples: int) -> list[RenderedSample]:
     """Prompts as the rollout renders them (a prompt is never trained: only sampled completions are)."""
-    train, _ = rl_prompts(data, spec.data.text_field)
-    chat = has_chat_template(tokenizer)
-    out = []
-    for p in train[:num_samples]:
-        if chat:
-            msgs = p.messages or [{"role": "user", "content": p.text}]
-            ids = list(tokenizer(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
-                                 add_special_tokens=False)["input_ids"])
-        else:
-            ids = list(tokenizer(p.text)["input_ids"])
-        seg = TokenSegment(text=tokenizer.decode(ids), trained=False, num_tokens=len(ids))
-        out.append(RenderedSample(source=p.source, part="prompt", segments=[seg], num_tokens=len(ids),
-                                  num_trained_tokens=0))
-    return out
+    return render_prompts(spec, tokenizer, data, num_samples, encode_chat=_chat_ids)
 
 
 # ---- advantages and loss -------------------------------------------------------------------------
@@ -270,17 +258,18 @@ class GRPOTask:
         stats["clip_ratio"] = stats["clip_ratio_low"] + stats["clip_ratio_high"]
         return loss, stats
 
-    def _log_samples(self, step: int, prompts: list[RLPrompt], texts: list[str], scored: Scored) -> None:
+    def _log_samples(self, step: int, prompts: list[RLPrompt], texts: list[str], scored: RewardBatch) -> None:
         limit, n = self.spec.log_samples, len(texts)
         if limit <= 0 or n == 0:
             return
         G = self.spec.num_generations
         picks = sorted({round(i * (n - 1) / max(1, limit - 1)) for i in range(min(limit, n))}) if limit > 1 else [0]
+        per_verifier = {lab: scored.reward(lab) for lab in scored.labels}
         with self.samples_path.open("a", encoding="utf-8") as f:
             for i in picks:
                 row = {"step": step + 1, "policy_step": step, "weights_version": self.backend.weights_version,
                        "prompt": prompts[i // G].text, "completion": texts[i], "reward": scored.total[i],
-                       "rewards": {lab: scored.per_verifier[lab][i] for lab in scored.labels},
+                       "rewards": {lab: rs[i] for lab, rs in per_verifier.items()},
                        "success": scored.success[i], "error": scored.errors[i]}
                 f.write(json.dumps(row, sort_keys=True) + "\n")
 
@@ -329,7 +318,9 @@ def evaluate(model: Any, tok: Any, prompts: list[RLPrompt], reward: VerifierRewa
         results = backend.generate(reqs)
         texts = [c.text for r in results for c in r.completions]
         ctxs = [p.context for p, r in zip(ps, results, strict=True) for _ in r.completions]
-        return reward.score(texts, ctxs).stats()
+        stats = reward.score(texts, ctxs).stats()
+        stats.pop("verify_seconds", None)  # timing, not a score: kept out of rl_eval_*.json and the summary
+        return stats
 
     sampled, greedy = run(spec.eval_num_generations, None), run(1, 0.0)
     model.train()
@@ -347,8 +338,8 @@ def train(ctx: JobContext) -> RecipeResult:
 
     spec: GRPOSpec = ctx.spec  # type: ignore[assignment]
     prompts, held_out = rl_prompts(ctx.data, spec.data.text_field)
-    reward = VerifierReward(spec.verifiers, make_transport(spec.verifier_transport), use_cache=spec.verifier_cache,
-                            timeout_s=spec.verifier_timeout_s)
+    reward = VerifierReward(spec.verifiers, make_transport(spec.verifier_transport, client_name="trainer-mlx-rl"),
+                            use_cache=spec.verifier_cache, timeout_s=spec.verifier_timeout_s)
     try:
         reward.check()  # a typo in a verifier fails the job before a model is loaded
         tok = load_tokenizer(ctx.resolved.model_path)

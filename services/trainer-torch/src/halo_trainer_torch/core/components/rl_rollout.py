@@ -22,9 +22,9 @@ from typing import Any
 
 from halo_schemas.rl import RLSpecBase
 from halo_schemas.rollout import SampleParams, SampleRequest, SampleResult
+from halo_training.rewards import EvalResult, RewardBatch, VerifierReward
+from halo_training.rl_prompts import RLPrompt, has_chat_template
 
-from halo_trainer_torch.core.components.rewards import EvalResult, RewardBatch, VerifierReward
-from halo_trainer_torch.core.components.rl_data import RLPrompt, has_chat_template
 from halo_trainer_torch.core.components.rundir import RunDir
 
 

@@ -4,7 +4,7 @@ Built on TRL's ``GRPOTrainer`` (its advantages, clipped objective, KL penalty an
 against hand-computed numbers in tests/test_grpo.py) with three things plugged in:
 
 * **rewards** — one TRL reward function computing the weighted mean of the job's verifiers
-  (:class:`~..components.rewards.VerifierReward`), batched to verifier-sandbox over the bus (or the
+  (:class:`halo_training.rewards.VerifierReward`), batched to verifier-sandbox over the bus (or the
   library in-process); graduated rewards stay partial credit;
 * **generation** — Halo's rollout backend wrapping the policy module in memory
   (``TransformersBackend.from_model``): each prompt prefilled once for its ``num_generations`` samples,
@@ -30,18 +30,18 @@ from typing import Any
 
 from halo_schemas.rl import GRPOSpec
 from halo_schemas.training import RenderedSample
-
-from halo_trainer_torch.core.components.data import TrainingData
-from halo_trainer_torch.core.components.hooks import HaloTrainerMixin
-from halo_trainer_torch.core.components.model import load_base_model, load_tokenizer, lora_config
-from halo_trainer_torch.core.components.rewards import EvalResult, RewardBatch, VerifierReward, make_transport
-from halo_trainer_torch.core.components.rl_data import (
+from halo_training.rewards import EvalResult, RewardBatch, VerifierReward, make_transport
+from halo_training.rl_prompts import (
     RLPrompt,
     has_chat_template,
     register_rl_formats,
     render_prompts,
     rl_prompts,
 )
+
+from halo_trainer_torch.core.components.data import TrainingData
+from halo_trainer_torch.core.components.hooks import HaloTrainerMixin
+from halo_trainer_torch.core.components.model import load_base_model, load_tokenizer, lora_config
 from halo_trainer_torch.core.components.rl_rollout import (
     SamplesLog,
     derive_seed,
@@ -280,7 +280,7 @@ def train(ctx: JobContext) -> RecipeResult:
     prompts, held_out = rl_prompts(ctx.data, spec.data.text_field)
     tok = load_tokenizer(ctx.resolved.model_path, spec.trust_remote_code)
     chat = has_chat_template(tok)
-    reward = VerifierReward(spec.verifiers, make_transport(spec.verifier_transport), use_cache=spec.verifier_cache,
+    reward = VerifierReward(spec.verifiers, make_transport(spec.verifier_transport, client_name="trainer-torch-rl"), use_cache=spec.verifier_cache,
                             timeout_s=spec.verifier_timeout_s)
     try:
         reward.check()

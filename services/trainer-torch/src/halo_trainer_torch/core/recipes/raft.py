@@ -34,6 +34,14 @@ from typing import Any
 
 from halo_schemas.rl import RAFTSpec
 from halo_schemas.training import RenderedSample
+from halo_training.rewards import EvalResult, VerifierReward, make_transport
+from halo_training.rl_prompts import (
+    RLPrompt,
+    has_chat_template,
+    register_rl_formats,
+    render_prompts,
+    rl_prompts,
+)
 from transformers import TrainerCallback
 
 from halo_trainer_torch.core.components.curriculum import (
@@ -59,14 +67,6 @@ from halo_trainer_torch.core.components.raft_state import (
     repair_jsonl,
     select_samples,
     write_jsonl_atomic,
-)
-from halo_trainer_torch.core.components.rewards import EvalResult, VerifierReward, make_transport
-from halo_trainer_torch.core.components.rl_data import (
-    RLPrompt,
-    has_chat_template,
-    register_rl_formats,
-    render_prompts,
-    rl_prompts,
 )
 from halo_trainer_torch.core.components.rl_rollout import (
     SamplesLog,
@@ -490,7 +490,7 @@ class Raft:
     def execute(self) -> RecipeResult:
         spec, state = self.spec, self.state
         attempt = state.start_attempt()
-        self.reward = VerifierReward(spec.verifiers, make_transport(spec.verifier_transport),
+        self.reward = VerifierReward(spec.verifiers, make_transport(spec.verifier_transport, client_name="trainer-torch-rl"),
                                      use_cache=spec.verifier_cache, timeout_s=spec.verifier_timeout_s)
         self.labels = self.reward.labels
         try:

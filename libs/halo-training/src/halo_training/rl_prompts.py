@@ -1,7 +1,8 @@
-"""Prompts of RL jobs (GRPO, RAFT): records -> :class:`RLPrompt` with the verifier context of each.
+"""Prompts of RL jobs (GRPO, RAFT; trainer-torch and trainer-mlx): records -> :class:`RLPrompt` with the
+verifier context of each.
 
-Records (validated by :func:`~.data.load_training_data` first, then here; every problem names file:line
-and field)::
+Records (validated by :func:`halo_training.data.load_training_data` first, then here; every problem names
+file:line and field)::
 
     {"prompt": "Write a C program that ...", "context": {"cases": [{"stdin": "1 2", "expected_output": "3"}]}}
     {"prompt": [{"role": "user", "content": "..."}], "completion": "reference answer", "context": {...}}
@@ -13,12 +14,15 @@ message). An optional numeric ``complexity`` field orders prompts for RAFT's cur
 
 Usage::
 
+    register_rl_formats("grpo", "raft")                  # at import of the recipes: the loader then accepts RL_FORMATS
     train, held_out = rl_prompts(ctx.data, spec.data.text_field)
-    requests = [p.request(chat=has_chat_template(tok)) for p in train]
+    requests = [p.request(chat=has_chat_template(tok)) for p in train]   # halo_schemas.rollout.SampleRequest
+    samples = render_prompts(spec, tok, ctx.data, 2)    # a dry run's prompts (encode_chat= for another tokenizer API)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +32,7 @@ from halo_schemas.training import RenderedSample, TokenSegment
 from halo_schemas.verifiers import VerifyContext
 from pydantic import ValidationError
 
-from halo_trainer_torch.core.components.data import METHOD_FORMATS, DataError, SourcedRecord, TrainingData
+from halo_training.data import METHOD_FORMATS, DataError, SourcedRecord, TrainingData
 
 #: Record formats RL recipes accept (``text`` is a plain prompt in ``data.text_field``, "prompt" by default).
 RL_FORMATS = ("text", "prompt_completion", "messages", "alpaca", "sharegpt")
@@ -145,18 +149,22 @@ def rl_prompts(data: TrainingData, text_field: str = "prompt") -> tuple[list[RLP
     return train, held
 
 
-def render_prompts(spec: Any, tokenizer: Any, data: TrainingData, num_samples: int) -> list[RenderedSample]:
+def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                              return_dict=True)["input_ids"])
+
+
+def render_prompts(spec: Any, tokenizer: Any, data: TrainingData, num_samples: int, *,
+                   encode_chat: Callable[[Any, list[dict[str, str]]], list[int]] | None = None) -> list[RenderedSample]:
     """Dry-run rendering of RL prompts as the rollout sees them (a prompt is never trained: only the sampled
-    completions are, so every token shows as masked)."""
+    completions are, so every token shows as masked). ``encode_chat(tokenizer, messages)`` gives the token ids
+    of a chat prompt with the generation prompt (default: ``apply_chat_template(..., tokenize=True)``)."""
     train, _ = rl_prompts(data, spec.data.text_field)
     chat = has_chat_template(tokenizer)
+    encode = encode_chat or _chat_ids
     out = []
     for p in train[:num_samples]:
-        if chat:
-            ids = list(tokenizer.apply_chat_template(p.chat_messages(), tokenize=True, add_generation_prompt=True,
-                                                     return_dict=True)["input_ids"])
-        else:
-            ids = list(tokenizer(p.text)["input_ids"])
+        ids = list(encode(tokenizer, p.chat_messages())) if chat else list(tokenizer(p.text)["input_ids"])
         segment = TokenSegment(text=tokenizer.decode(ids), trained=False, num_tokens=len(ids))
         out.append(RenderedSample(source=p.source, part="prompt", segments=[segment], num_tokens=len(ids),
                                   num_trained_tokens=0))

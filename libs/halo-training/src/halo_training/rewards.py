@@ -1,12 +1,13 @@
-"""Verifier-grounded rewards for RL recipes: one or more verifiers with weights, called in batches.
+"""Verifier-grounded rewards for the RL recipes of both trainers (trainer-torch's GRPO and RAFT, trainer-mlx's
+GRPO): one or more verifiers with weights, called in batches.
 
 ::
 
-    transport = make_transport("bus")                    # private NATS connection (HALO_NATS_URL)
+    transport = make_transport("bus", client_name="trainer-torch-rl")  # private NATS connection (HALO_NATS_URL)
     reward = VerifierReward(spec.verifiers, transport)   # VerifierRef(name, weight, params) list
     reward.check()                                       # unknown verifier / bad params fail here, named
     batch = reward.score(completions, contexts)          # every verifier, concurrently, in batches
-    batch.total[i], batch.rewards["regex_format"][i], batch.success[i], batch.stats()
+    batch.total[i], batch.reward("regex_format")[i], batch.success[i], batch.stats()
 
 The total of a completion is the weighted mean of its verifiers' graduated rewards (each in [0, 1]; partial
 credit is kept as is), so it is in [0, 1] too. A verifier that could not check a completion (its result
@@ -20,7 +21,11 @@ Transports — the recipe runs in a worker thread, while the bus lives on an asy
   ``halo.rpc.verifier-sandbox.verify-batch`` through :class:`~halo_clients.verifier_sandbox.VerifierClient`,
   all verifiers at once (``asyncio.gather``), each batch split in chunks the service instances share;
 * :class:`BusTransport`: the same over a bus and loop someone else owns (``run_coroutine_threadsafe``);
-* :class:`LocalTransport` (``local``): the verifier library in this process (unit tests, scripts).
+* :class:`LocalTransport` (``local``): :class:`halo_verifiers.engine.VerifierEngine` in this process (unit
+  tests, scripts).
+
+``halo_clients`` / ``halo_bus`` and ``halo_verifiers`` are imported only by the transport that needs them (the
+trainers depend on both; this library does not).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from halo_common.errors import HaloError, Unavailable
 from halo_schemas.rl import VerifierRef, resolve_labels
 from halo_schemas.verifiers import VerifierSpec, VerifyContext, VerifyItem, VerifyResult
 
-log = logging.getLogger("halo_trainer_torch.rewards")
+log = logging.getLogger("halo_training.rewards")
 
 #: A result whose best possible reward was this or less came from a compile-only check (docs/verifiers.md).
 COMPILE_ONLY_MAX_REWARD = 0.5
@@ -64,6 +69,7 @@ class LocalTransport:
     name = "local"
 
     def __init__(self, engine: Any | None = None, workers: int | None = None) -> None:
+        self._owns_engine = engine is None
         if engine is None:
             from halo_verifiers.engine import VerifierEngine
 
@@ -80,6 +86,9 @@ class LocalTransport:
         return [self.engine.verify_batch(spec, items, use_cache=use_cache) for spec, items in jobs]
 
     def close(self) -> None:
+        if self._owns_engine:  # ours: finish its work, stop its sandboxes, close its cache
+            self.engine.close()
+            return
         pool = getattr(self.engine, "pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -135,14 +144,14 @@ class BusTransport:
 class PrivateBusTransport(BusTransport):
     """A NATS connection of its own, on an event loop in a daemon thread (the recipe's thread stays sync)."""
 
-    def __init__(self, nats_url: str, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, nats_url: str, connect_timeout_s: float = 5.0, *, client_name: str = "halo-rl") -> None:
         from halo_bus import NatsBus
 
         loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=loop.run_forever, name="halo-rl-verifier-bus", daemon=True)
         self._thread.start()
         fut = asyncio.run_coroutine_threadsafe(
-            NatsBus.connect(nats_url, name="trainer-torch-rl", connect_timeout=connect_timeout_s,
+            NatsBus.connect(nats_url, name=client_name, connect_timeout=connect_timeout_s,
                             ensure_streams=False, max_reconnect_attempts=-1), loop)
         try:
             bus = fut.result(timeout=connect_timeout_s + 5.0)
@@ -161,8 +170,9 @@ class PrivateBusTransport(BusTransport):
         self._thread.join(timeout=5)
 
 
-def make_transport(kind: str, *, nats_url: str | None = None) -> VerifierTransport:
-    """``bus`` (a private connection to ``nats_url`` or HALO_NATS_URL) or ``local``."""
+def make_transport(kind: str, *, nats_url: str | None = None, client_name: str = "halo-rl") -> VerifierTransport:
+    """``bus`` (a private connection to ``nats_url`` or HALO_NATS_URL, named ``client_name`` on the NATS server,
+    e.g. ``trainer-mlx-rl``) or ``local``."""
     if kind == "local":
         return LocalTransport()
     if kind != "bus":
@@ -171,7 +181,7 @@ def make_transport(kind: str, *, nats_url: str | None = None) -> VerifierTranspo
         from halo_common.settings import HaloSettings
 
         nats_url = HaloSettings().nats_url
-    return PrivateBusTransport(nats_url)
+    return PrivateBusTransport(nats_url, client_name=client_name)
 
 
 # ---- scoring -----------------------------------------------------------------------------------
