@@ -5,7 +5,10 @@ saves a screenshot in its tmp dir.
 * Sweeps: a two-trial grid sweep of a tiny SFT is listed, and its page shows both trials with their parameter
   and objective value, the best (lowest loss) trial marked.
 * Models: the served model is listed; the playground streams a reply from it (loading it); unloading it from the
-  page unloads it in serve."""
+  page unloads it in serve. A convert job submitted from the Convert form shows its progress and then its
+  output and verify result; one with a missing source shows the job's error.
+* Run detail of a real tiny RAFT run (trainer-torch, ``verifier_transport: local``): the cycle / total and the
+  last finished stage, the per-cycle table from the summary and the before/after samples."""
 
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ pytestmark = [
 RECORDS = [{"messages": [{"role": "user", "content": f"What does a {a} say?"},
                          {"role": "assistant", "content": f"A {a} says {s}."}]}
            for a, s in [("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), ("owl", "hoot")]]
+RL_DATA = Path(__file__).resolve().parents[2] / "services/trainer-torch/src/halo_trainer_torch/data"
+TAG_VERIFIER = {"name": "regex_format", "params": {"patterns": ["^<answer>", "</answer>$", "^<answer>[a-z]+</answer>$"]}}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
     s = ProcessStack(tmp_path_factory.mktemp("dashboard-pages"),
                      ["halo_gateway", "halo_registry", "halo_trainer_torch", "halo_sweeps", "halo_serve"],
                      ready={"registry", "trainer-torch", "sweeps", "serve"},
-                     env={"HALO_TRAINER_TORCH_STATUS_INTERVAL_S": "0.5", "HALO_TRAINER_TORCH_JOB_TYPES": "sft",
+                     env={"HALO_TRAINER_TORCH_STATUS_INTERVAL_S": "0.5", "HALO_TRAINER_TORCH_JOB_TYPES": "sft,raft",
                           "HALO_SWEEPS_JOB_ACK_WAIT_S": "4", "HALO_SWEEPS_POLL_S": "1",
                           "HALO_SWEEPS_STATUS_INTERVAL_S": "1",
                           "HALO_SERVE_MODELS": json.dumps([f"tiny={tiny_model_dir}"])})
@@ -124,3 +129,80 @@ def test_models_page_lists_streams_from_and_unloads_the_served_model(stack: Proc
     wait_until(lambda: loaded.inner_text() == "no", timeout=60, interval=0.2, what="the page to show it unloaded")
     models = {m["id"]: m for m in api(stack, "GET", "/api/v1/serve/models")["models"]}
     assert models["tiny"]["loaded"] is False
+
+
+def test_run_page_shows_raft_cycles_stages_and_samples(stack: ProcessStack, page: Any) -> None:
+    prompts = ["Answer in tags: the colour of the sky", "Answer in tags: a farm animal"]
+    submitted = api(stack, "POST", "/api/v1/jobs/raft", json={
+        "model": "tiny://llama", "data": {"train": str(RL_DATA / "rl_tags_train.jsonl")}, "verifiers": [TAG_VERIFIER],
+        "verifier_transport": "local", "finetune": "full", "cycles": 2, "prompts_per_cycle": 4, "batch_size": 4,
+        "num_generations": 2, "max_new_tokens": 8, "eval_num_generations": 1, "max_length": 64, "dtype": "float32",
+        "reward_threshold": 0.0, "keep_top_fraction": 1.0, "sample_prompts": prompts, "sample_max_new_tokens": 4,
+        "name": "dash-raft"})
+    run_id = submitted["run_id"]
+    page.goto(f"{stack.url}/#/runs/{run_id}")
+    raft = page.get_by_test_id("raft")
+    raft.wait_for(timeout=120_000)
+    stage = raft.get_by_test_id("raft-stage")
+    # A stage row arrived (live, or from the stored metrics when the run was quicker than the page).
+    wait_until(lambda: "unavailable" not in stage.inner_text(), timeout=240, interval=0.2,
+               what="the RAFT widget to name a finished stage")
+    assert any(s in stage.inner_text() for s in ("generate", "verify", "select", "train"))
+    wait_until(lambda: page.get_by_test_id("run-state").inner_text() in ("succeeded", "failed"), timeout=300,
+               interval=0.5, what="the RAFT run to finish")
+    assert page.get_by_test_id("run-state").inner_text() == "succeeded", stack.logs()[-4000:]
+    table = page.get_by_test_id("raft-cycles")
+    table.wait_for(timeout=30_000)  # the summary arrived with the registry's detail
+    detail = api(stack, "GET", f"/api/v1/runs/{run_id}")
+    rows = detail["summary"]["extras"]["cycles"]
+    assert [int(c) for c in table.locator("tr[data-cycle]").evaluate_all("rs => rs.map(r => r.dataset.cycle)")] == \
+        [r["cycle"] for r in rows] == [1, 2]
+    for r in rows:  # each cycle's kept count as the summary has it (unavailable when the summary has none)
+        kept = table.locator(f'tr[data-cycle="{r["cycle"]}"]').get_by_test_id("raft-kept").inner_text()
+        assert kept == (str(r["kept"]) if r["kept"] is not None else "unavailable")
+    assert raft.get_by_test_id("raft-cycle").inner_text() == "cycle 2 / 2"
+    assert "train" in stage.inner_text() and raft.locator('[data-stage][data-done="1"]').count() == 4
+    samples = page.get_by_test_id("samples").get_by_test_id("sample-row")
+    assert samples.count() == len(prompts)
+    for i, s in enumerate(detail["summary"]["extras"]["samples"]):
+        text = samples.nth(i).inner_text()
+        assert s["prompt"] in text and s["after"].strip()[:10] in text
+
+
+def test_models_page_converts_a_model_and_shows_the_result_or_the_error(stack: ProcessStack, page: Any,
+                                                                        tiny_model_dir: Path,
+                                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    from halo_serve.core.convert.testing import confident_copy
+
+    source = confident_copy(tiny_model_dir, tmp_path_factory.mktemp("convert-src") / "tiny")
+    formats = api(stack, "GET", "/api/v1/convert/formats")["formats"]
+    fmt, quant = ("gguf", "fp32") if formats["gguf"]["fp32"] is None else ("hf", "fp16")  # gguf needs llama.cpp
+    out = stack.home / "models" / ("dash-tiny.gguf" if fmt == "gguf" else "dash-tiny")
+    page.goto(f"{stack.url}/#/models")
+    card = page.get_by_test_id("convert")
+    card.locator('[name="source"]').fill(str(source))
+    card.locator('select[name="format"]').select_option(fmt)
+    card.locator('select[name="quant"]').select_option(quant)
+    card.locator('[name="out"]').fill(str(out))
+    card.get_by_test_id("convert-submit").click()
+    job = card.get_by_test_id("convert-job")
+    job.wait_for(timeout=30_000)
+    wait_until(lambda: job.get_attribute("data-state") in ("succeeded", "failed", "cancelled"), timeout=240,
+               interval=0.2, what="the convert job to finish on the page")
+    assert job.get_attribute("data-state") == "succeeded", (job.inner_text(), stack.logs()[-4000:])
+    assert job.get_by_test_id("job-output").inner_text() == str(out) and out.exists()
+    assert job.get_by_test_id("job-status").inner_text() == "verified"
+    assert job.get_by_test_id("job-verify").inner_text().startswith("passed")
+    arts = api(stack, "GET", f"/api/v1/artifacts?format={fmt}")["artifacts"]
+    assert any(a["path"] == str(out) and a["quant"] == quant for a in arts)
+
+    # Errors show the API's (or the failed job's) own message: the same output again, then a missing source.
+    alert = card.get_by_role("alert")
+    card.get_by_test_id("convert-submit").click()
+    wait_until(lambda: alert.count() > 0 and "already exists" in alert.first.inner_text(), timeout=120, interval=0.2,
+               what="the page to say the output exists")
+    card.locator('[name="out"]').fill("")
+    card.locator('[name="source"]').fill(str(stack.root / "no-such-model"))
+    card.get_by_test_id("convert-submit").click()
+    wait_until(lambda: alert.count() > 0 and "no-such-model" in alert.first.inner_text(), timeout=120, interval=0.2,
+               what="the page to show the bad convert's error")

@@ -1,5 +1,6 @@
-// One run: live curves over SSE (history first, then live until it finishes), status, cancel, artifacts,
-// evals, cost, replay command, bundle download, notes and tags.
+// One run: live curves over SSE (history first, then live until it finishes), status, cancel, RAFT cycle and
+// stage progress (live) and per-cycle table (summary), before/after samples, artifacts, evals, cost, replay
+// command, bundle download, notes and tags.
 import { useEffect, useRef, useState } from "preact/hooks";
 import { get, post, sse } from "../api";
 import { Card, Chart, ErrorBox } from "../ui";
@@ -9,6 +10,9 @@ import { Tags } from "./runs";
 const LOG_LINES = 200;
 const FIRST = ["loss", "eval_loss", "reward", "reward_mean", "learning_rate", "lr", "tokens_per_second", "grad_norm"];
 type Curves = Record<string, Map<number, number>>;
+/** ``raft_stage`` codes in a RAFT run's metrics rows (trainer-torch recipes/raft.py STAGE_CODES): the stage the row closes. */
+const RAFT_STAGES = ["generate", "verify", "select", "train"];
+type RaftLive = { cycle: number | null; stage: number | null; cycles: number | null };
 
 export function RunDetail({ runId }: { runId: string }) {
   const [detail, setDetail] = useState<any>(null);
@@ -22,6 +26,7 @@ export function RunDetail({ runId }: { runId: string }) {
   const [replay, setReplay] = useState<string | null>(null);
   const seen = useRef(new Set<string>());
   const [log, setLog] = useState<string[]>([]);
+  const [raft, setRaft] = useState<RaftLive>({ cycle: null, stage: null, cycles: null });
 
   const loadDetail = () =>
     get(`/api/v1/runs/${runId}`).then((d) => { setDetail(d); setDetailError(null); return d; })
@@ -30,6 +35,7 @@ export function RunDetail({ runId }: { runId: string }) {
   useEffect(() => {
     setCurves({});
     setLog([]);
+    setRaft({ cycle: null, stage: null, cycles: null });
     seen.current = new Set();
     loadDetail();
     get(`/api/v1/runs/${runId}/metrics?max_points=2000`).then((m) => setCurves((c) => {
@@ -39,6 +45,7 @@ export function RunDetail({ runId }: { runId: string }) {
         s.steps.forEach((st: number, i: number) => map.set(st, s.values[i]));
         next[s.name] = map;
       }
+      setRaft((r) => r.cycle !== null ? r : { ...r, ...lastRaft(m.series) });
       return next;
     })).catch(() => undefined); // not in the registry yet: the live stream fills the curves
     const close = sse(`/api/v1/runs/${runId}/events`, (ev) => {
@@ -50,9 +57,15 @@ export function RunDetail({ runId }: { runId: string }) {
       if (ev.type === "started") {
         setLive((l) => ({ ...l, state: "running", total: m.total_steps ?? l.total, jobId: m.job_id ?? l.jobId,
           method: m.method }));
+        if (typeof m.spec?.cycles === "number") setRaft((r) => ({ ...r, cycles: m.spec.cycles }));
       } else if (ev.type === "progressed") {
         setLive((l) => ({ ...l, state: l.state === "unknown" ? "running" : l.state, step: m.step,
           total: m.total_steps ?? l.total, jobId: m.job_id ?? l.jobId }));
+        const mm = m.metrics ?? {};
+        if (typeof mm.raft_stage === "number" || typeof mm.cycle === "number") {
+          setRaft((r) => ({ ...r, cycle: typeof mm.cycle === "number" ? mm.cycle : r.cycle,
+            stage: typeof mm.raft_stage === "number" ? mm.raft_stage : r.stage }));
+        }
         setCurves((c) => {
           const next = { ...c };
           for (const [k, v] of Object.entries(m.metrics ?? {})) {
@@ -120,6 +133,13 @@ export function RunDetail({ runId }: { runId: string }) {
         <ErrorBox error={actionError ?? streamError ?? detailError} />
         {!detail && !detailError && <p class="muted">Not in the registry yet; showing the live stream.</p>}
       </Card>
+      {(raft.stage !== null || (run?.method ?? live.method) === "raft" || detail?.summary?.extras?.cycles) && (
+        <RaftProgress raft={raft} cycles={raft.cycles ?? detail?.spec?.cycles ?? null} state={state}
+          rows={detail?.summary?.extras?.cycles ?? null} />
+      )}
+      {Array.isArray(detail?.summary?.extras?.samples) && detail.summary.extras.samples.length > 0 && (
+        <Samples samples={detail.summary.extras.samples} />
+      )}
       <Card title="Curves" testid="curves">
         {names.length === 0 && <p class="muted">No metrics yet.</p>}
         <div class="grid2">
@@ -135,6 +155,73 @@ export function RunDetail({ runId }: { runId: string }) {
       </Card>
       {detail && <Details detail={detail} runId={runId} onSaved={loadDetail} />}
     </div>
+  );
+}
+
+/** The newest cycle and stage in stored metrics series (``{name, steps, values}``): the last point of each. */
+function lastRaft(series: { name: string; steps: number[]; values: number[] }[]): Partial<RaftLive> {
+  const last = (name: string) => {
+    const s = series.find((x) => x.name === name);
+    return s && s.values.length ? s.values[s.values.length - 1] : null;
+  };
+  const stage = last("raft_stage");
+  return stage === null ? {} : { cycle: last("cycle"), stage };
+}
+
+function stageName(code: number | null): string {
+  return code === null ? NA : RAFT_STAGES[code - 1] ?? `stage ${code}`;
+}
+
+/** RAFT: where the run is (cycle k of N, the last stage finished) and, from the summary, one row per cycle. */
+function RaftProgress({ raft, cycles, state, rows }: { raft: RaftLive; cycles: number | null; state: string;
+  rows: any[] | null }) {
+  const done = (i: number) => raft.stage !== null && i + 1 <= raft.stage;
+  return (
+    <Card title="RAFT cycles" testid="raft">
+      <div class="row">
+        <span data-testid="raft-cycle">cycle {raft.cycle === null ? NA : num(raft.cycle)} / {cycles === null ? NA : cycles}</span>
+        <span data-testid="raft-stage">last stage finished: {stageName(raft.stage)}</span>
+        <span class="row">{RAFT_STAGES.map((s, i) => (
+          <span class={`pill ${done(i) ? "status-succeeded" : "muted"}`} data-stage={s} data-done={done(i) ? "1" : "0"}>
+            {i + 1}. {s}</span>
+        ))}</span>
+      </div>
+      {rows === null || !Array.isArray(rows) ? (
+        <p class="muted">{state === "running" || state === "queued" ? "The per-cycle table appears when the run finishes."
+          : "No per-cycle summary (unavailable)."}</p>
+      ) : (
+        <table data-testid="raft-cycles">
+          <thead><tr><th>cycle</th><th>prompts</th><th>samples</th><th>reward mean</th><th>pass rate</th>
+            <th>threshold</th><th>keep fraction</th><th>eligible</th><th>kept</th><th>trained</th><th>steps</th>
+            <th>learning rate</th><th>loss first → last</th><th>note</th></tr></thead>
+          <tbody>{rows.map((r: any) => (
+            <tr data-cycle={r.cycle}>
+              <td>{show(r.cycle)}</td><td>{num(r.prompts)}</td><td>{num(r.samples)}</td><td>{num(r.reward_mean)}</td>
+              <td>{num(r.pass_rate)}</td><td>{num(r.threshold)}</td><td>{num(r.keep_fraction)}</td>
+              <td>{num(r.eligible)}</td><td data-testid="raft-kept">{num(r.kept)}</td>
+              <td>{r.trained === null || r.trained === undefined ? NA : r.trained ? "yes" : "no"}</td>
+              <td>{num(r.steps)}</td><td>{num(r.learning_rate)}</td>
+              <td>{num(r.loss_first)} → {num(r.loss_last)}</td><td>{r.why ?? ""}</td>
+            </tr>
+          ))}</tbody>
+        </table>
+      )}
+    </Card>
+  );
+}
+
+/** The summary's ``extras.samples``: each sample prompt's completion before and after training. */
+function Samples({ samples }: { samples: any[] }) {
+  return (
+    <Card title="Samples before / after" testid="samples">
+      <table>
+        <thead><tr><th>prompt</th><th>before</th><th>after</th></tr></thead>
+        <tbody>{samples.map((s: any) => (
+          <tr data-testid="sample-row"><td><pre>{show(s.prompt)}</pre></td><td><pre>{show(s.before)}</pre></td>
+            <td><pre>{show(s.after)}</pre></td></tr>
+        ))}</tbody>
+      </table>
+    </Card>
   );
 }
 
