@@ -72,7 +72,7 @@ def status() -> None:
         table.add_column(col)
     for s in listing["services"]:
         h = s.get("health") or {}
-        colour = {"ok": "green", "degraded": "yellow"}.get(h.get("status", ""), "red")
+        colour = {"ok": "green", "degraded": "yellow", "starting": "cyan"}.get(h.get("status", ""), "red")
         table.add_row(
             s["name"], s["id"][:8], s["version"], f"[{colour}]{h.get('status', 'no answer')}[/]",
             h.get("backend") or s["metadata"].get("backend", "?"), f"{h.get('uptime_s', 0):.0f}s" if h else "-",

@@ -59,6 +59,7 @@ class Service:
         self.bus = bus
         self.telemetry = telemetry
         self.started = time.monotonic()
+        self.set_up = False  # True once setup() has registered every endpoint and consumer (health: starting before)
         self.registration: ServiceRegistration | None = None
         self._subs: list[Subscription] = []
         self._stopping = asyncio.Event()
@@ -111,11 +112,16 @@ class Service:
     async def health(self, _req: HealthRequest) -> ServiceHealth:
         checks = {"nats": "ok" if self.bus.connected else "disconnected", **self.checks()}
         bad = [k for k, v in checks.items() if v != "ok"]
+        status = HealthStatus.OK if not bad else HealthStatus.DEGRADED
+        if not self.set_up:
+            # Health answers from the start (so a slow setup is visible), but "ready" means every endpoint
+            # and consumer is registered: a client that waits for ok must not race setup().
+            checks["setup"], status = "starting", HealthStatus.STARTING
         return ServiceHealth(
             service=self.name,
             instance_id=self.registration.id if self.registration else "?",
             version=self.version,
-            status=HealthStatus.OK if not bad else HealthStatus.DEGRADED,
+            status=status,
             uptime_s=time.monotonic() - self.started,
             backend=str(detect_backend()),
             metrics_url=self.telemetry.metrics_url if self.telemetry else None,
@@ -130,6 +136,7 @@ class Service:
         self.registration = await self.bus.add_service(self.name, self.version, self.description or self.name, metadata)
         await self.endpoint("health", self.health, HealthRequest)
         await self.setup()
+        self.set_up = True
         log.info("%s %s ready", self.name, self.version)
 
     def request_stop(self) -> None:

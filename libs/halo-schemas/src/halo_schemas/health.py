@@ -15,6 +15,7 @@ class HealthStatus(StrEnum):
     OK = "ok"
     DEGRADED = "degraded"
     DOWN = "down"
+    STARTING = "starting"  # answering health, still registering its endpoints and consumers: not ready for work
 
 
 class ServiceHealth(Message):
