@@ -13,6 +13,10 @@ frames of a 4-byte big-endian length + JSON.
 * ``{"op": "reset", "uid"}`` -> ``{"killed": n, "ipc_removed": m}``: between verifications, kill
   every process of the uid and remove the SysV IPC objects it left (the IPC namespace outlives a
   verification; the PID and network namespaces hold nothing else of it).
+* ``{"op": "pyrun", "python", "zygote", "script", "args", "cwd", "env", "uid", "gid", "limits"}``: the same
+  as ``run`` for ``python -I script args…``, but the child is forked from a warm interpreter of that
+  ``python`` (``_launch/pyzygote.py``, root in the sandbox, started on first use and kept) with the same
+  steps before the script runs, so it skips the interpreter start and the harness's imports.
 * ``{"op": "ping"}`` -> ``{"ok": true, "launcher": bool}``.
 
 Usage: ``python -I -S agent.py [HALO_EXEC]`` — with the compiled ``halo_exec.c`` the command is
@@ -26,6 +30,7 @@ import os
 import resource
 import selectors
 import signal
+import socket
 import struct
 import sys
 import time
@@ -185,13 +190,96 @@ def fork_exec(req, limits, uid, gid, r_in, w_out, w_err):
     return pid
 
 
+_ZYGOTES = {}
+
+
+class Zygote:
+    """A warm interpreter (``pyzygote.py``) that forks the children of ``pyrun`` requests."""
+
+    def __init__(self, python, script):
+        import subprocess
+
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+               "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/"}
+        self.proc = subprocess.Popen([python, "-I", script, str(theirs.fileno())], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                     pass_fds=(theirs.fileno(),), cwd="/")
+        theirs.close()
+        self.child = None
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def spawn(self, req, r_in, w_out, w_err):
+        msg = {k: req.get(k) for k in ("cwd", "env", "uid", "gid", "limits", "script", "args")}
+        socket.send_fds(self.sock, [json.dumps(msg).encode()], [r_in, w_out, w_err])
+        reply = json.loads(self.sock.recv(65536) or b'{"error": "python fork server exited"}')
+        if "pid" not in reply:
+            raise OSError(reply.get("error", "python fork server failed"))
+        self.child = reply["pid"]
+        return self.child
+
+    def exited(self):
+        """Non-blocking: has the child exited (the fork server says so, or is gone)?"""
+        self.sock.setblocking(False)
+        try:
+            msg = self.sock.recv(64)
+        except BlockingIOError:
+            return False
+        except OSError:
+            msg = b""
+        finally:
+            self.sock.setblocking(True)
+        if not msg:
+            self.close()
+        return True
+
+    def reap(self):
+        try:
+            self.sock.send(b'{"reap": true}')
+            return json.loads(self.sock.recv(64))["status"]
+        except (OSError, ValueError, KeyError):
+            self.close()
+            return 9  # as killed by SIGKILL
+
+    def close(self):
+        try:
+            self.proc.kill()
+            self.proc.wait()
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def zygote_for(req):
+    key = (req["python"], req["zygote"])
+    z = _ZYGOTES.get(key)
+    if z is None or not z.alive():
+        z = _ZYGOTES[key] = Zygote(*key)
+    return z
+
+
 def run(req):
     uid = req.get("uid")
     r_in, w_in = os.pipe()
     r_out, w_out = os.pipe()
     r_err, w_err = os.pipe()
     start = time.monotonic()
-    pid = spawn(req, r_in, w_out, w_err)
+    zyg = None
+    if req.get("op") == "pyrun":
+        try:
+            zyg = zygote_for(req)
+            pid = zyg.spawn(req, r_in, w_out, w_err)
+        except (OSError, ValueError):
+            for fd in (r_in, w_in, r_out, w_out, r_err, w_err):
+                os.close(fd)
+            if zyg is not None:
+                zyg.close()
+            raise
+    else:
+        pid = spawn(req, r_in, w_out, w_err)
+    child_exited = zyg.exited if zyg is not None else (lambda: exited(pid))
     for fd in (r_in, w_out, w_err):
         os.close(fd)
     deadline = start + float(req.get("wall_s", 10))
@@ -215,7 +303,7 @@ def run(req):
         if now >= deadline:
             timed_out = True
             break
-        if exited_at is None and exited(pid):
+        if exited_at is None and child_exited():
             exited_at = now
         if exited_at is not None and now - exited_at > 0.25:
             break
@@ -256,7 +344,7 @@ def run(req):
             pass
         kill_uid(uid)
     grace = max(deadline, time.monotonic()) + 0.5
-    while not exited(pid):
+    while exited_at is None and not child_exited():
         if time.monotonic() > grace:
             timed_out = True
             try:
@@ -270,7 +358,10 @@ def run(req):
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
-    _, status = os.waitpid(pid, 0)
+    if zyg is not None:
+        status = zyg.reap()
+    else:
+        _, status = os.waitpid(pid, 0)
     sel.close()
     for fd in (r_out, r_err, w_in):
         if fd >= 0:
@@ -301,7 +392,7 @@ def main():
             break
         op = req.get("op")
         try:
-            if op == "run":
+            if op in ("run", "pyrun"):
                 reply = run(req)
             elif op == "reset":
                 reply = {"killed": kill_uid(req.get("uid")), "ipc_removed": remove_ipc(req.get("uid"))}

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from halo_verifiers.sandbox.base import (
     AGENT,
     HALO_EXEC_C,
+    PYZYGOTE,
     Mechanism,
     SandboxUnavailable,
     real,
@@ -59,6 +60,9 @@ class WarmAgent:
         self.script = self.slot_dir / ".halo-agent.py"
         self.script.write_text(AGENT.read_text())
         os.chmod(self.script, 0o644)
+        self.zygote = self.slot_dir / ".halo-pyzygote.py"
+        self.zygote.write_text(PYZYGOTE.read_text())
+        os.chmod(self.zygote, 0o644)
         self.launcher: Path | None = None
         if sandbox.launcher is not None:
             self.launcher = self.slot_dir / ".halo-exec"
@@ -68,6 +72,7 @@ class WarmAgent:
         self.expose: set[Path] = set()
         self.proc: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()
+        self.fork_python = True  # False once the Python fork server failed (Workspace.run_python)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -115,7 +120,11 @@ class WarmAgent:
             return self._call(req, timeout)
 
     def run(self, ws: Workspace, argv: Sequence[str], *, stdin: bytes | str, limits: SandboxLimits,
-            env: dict[str, str], cwd: Path, expose: list[Path]) -> ExecResult:
+            env: dict[str, str], cwd: Path, expose: list[Path], python: tuple[str, str, Sequence[str]] | None = None,
+            ) -> ExecResult:
+        """Run ``argv``; with ``python=(interpreter, script, args)`` (``argv`` being ``interpreter -I script
+        args…``) the child is forked from the sandbox's warm interpreter instead (same limits, uid and
+        session; no interpreter start), falling back to ``argv`` if that fork server fails."""
         data = stdin.encode() if isinstance(stdin, str) else stdin
         cpu = max(1, math.ceil(limits.cpu_s))
         req = {
@@ -125,10 +134,25 @@ class WarmAgent:
                        "fsize": limits.max_file_bytes, "nofile": limits.max_open_files},
         }
         need = {e for e in expose if self.sandbox.needs_bind(e)}
+        if python is not None and self.fork_python:
+            py_req = {**req, "op": "pyrun", "python": python[0], "zygote": str(self.zygote), "script": python[1],
+                      "args": list(python[2])}
+            try:
+                reply = self.call(py_req, timeout=limits.wall_s + 30, expose=need)
+            except SandboxUnavailable:
+                reply = {"error": "agent failed"}
+            if "error" not in reply:
+                return self._result(argv, reply)
+            self.fork_python = False  # not again in this sandbox: each try would cost a failed start
+            log.warning("python fork server failed (%s); starting the interpreter from now on", reply["error"])
         try:
             reply = self.call(req, timeout=limits.wall_s + 30, expose=need)
         except SandboxUnavailable:
             reply = self.call(req, timeout=limits.wall_s + 30, expose=need)  # one retry on a fresh sandbox
+        return self._result(argv, reply)
+
+    @staticmethod
+    def _result(argv: Sequence[str], reply: dict[str, object]) -> ExecResult:
         if "error" in reply:
             raise SandboxUnavailable(f"sandbox agent error: {reply['error']}")
         rc = reply["rc"]

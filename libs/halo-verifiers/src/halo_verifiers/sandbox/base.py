@@ -12,6 +12,7 @@ from halo_common.errors import Unavailable
 _LAUNCH_DIR = Path(__file__).resolve().parent.parent / "_launch"
 NSINIT = _LAUNCH_DIR / "nsinit.py"
 AGENT = _LAUNCH_DIR / "agent.py"
+PYZYGOTE = _LAUNCH_DIR / "pyzygote.py"
 HALO_EXEC_C = _LAUNCH_DIR / "halo_exec.c"
 LIMITS_LAUNCHER = _LAUNCH_DIR / "limits.py"
 

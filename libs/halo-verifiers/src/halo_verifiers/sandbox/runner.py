@@ -100,6 +100,28 @@ class Workspace:
         self.runs.append(res)
         return res
 
+    def run_python(
+        self,
+        python: str,
+        script: str,
+        args: Sequence[str] = (),
+        *,
+        limits: SandboxLimits = RUN_LIMITS,
+        env: Mapping[str, str] | None = None,
+        expose: Sequence[str | Path] = (),
+    ) -> ExecResult:
+        """``python -I script args…`` in the workspace (no stdin). In a warm sandbox the child is forked
+        from a warm interpreter of ``python`` kept in that sandbox (root there, it never sees item data;
+        the child drops to the workspace's uid, session and limits before reading ``script``), which
+        skips the interpreter start and the imports it already has; elsewhere the interpreter is started."""
+        argv = [python, "-I", script, *args]
+        if self.agent is None or not self.sandbox.fork_python:
+            return self.run(argv, limits=limits, env=env, expose=expose)
+        res = self.agent.run(self, argv, stdin=b"", limits=limits, env=self.sandbox.environment(self, env),
+                             cwd=self.path, expose=[real(e) for e in expose], python=(python, script, list(args)))
+        self.runs.append(res)
+        return res
+
 
 class Sandbox:
     """Runs commands under one :class:`Mechanism`. Build with :meth:`detect` (or the constructor
@@ -118,6 +140,7 @@ class Sandbox:
         tools: Mapping[str, str] | None = None,
         path_env: str = DEFAULT_PATH,
         warm: bool = True,
+        fork_python: bool = True,
     ) -> None:
         self.mechanism = Mechanism(mechanism)
         default_base = Path(tempfile.gettempdir()) / ("halo-verifier-sandbox" if is_root()
@@ -145,6 +168,8 @@ class Sandbox:
         # costs a fork+exec instead of fresh namespaces and mounts. Isolation is the same; between
         # verifications the agent kills the uid's processes and removes its SysV IPC objects.
         self.warm = warm and self.mechanism == Mechanism.BWRAP and self.drop_uid
+        # Python harnesses forked from a warm interpreter inside the warm sandbox (Workspace.run_python).
+        self.fork_python = fork_python
         self._agents: dict[int, WarmAgent] = {}
         self._agents_lock = threading.Lock()
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

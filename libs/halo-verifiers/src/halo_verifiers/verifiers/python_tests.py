@@ -38,9 +38,9 @@ def run_harness(v: Verifier, ws: Workspace, program: str, mode: str, tests: Any,
     }))
     tc = v.runtime.toolchains.get("python")
     assert v.runtime.sandbox is not None
-    res = ws.run([tc.exe or "python3", "-I", "harness.py", "harness.json"],
-                 limits=params.run_limits(v.runtime.run_limits), env=env_for(tc, ws, v.runtime.sandbox.path_env),
-                 expose=tc.expose)
+    res = ws.run_python(tc.exe or "python3", "harness.py", ["harness.json"],
+                        limits=params.run_limits(v.runtime.run_limits), env=env_for(tc, ws, v.runtime.sandbox.path_env),
+                        expose=tc.expose)
     return parse_harness(res, nonce)
 
 
