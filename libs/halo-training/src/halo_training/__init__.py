@@ -10,6 +10,8 @@
 * :mod:`halo_training.rl_prompts` — RL records (GRPO, RAFT) to prompts with their verifier contexts.
 * :mod:`halo_training.rewards` — the weighted verifier reward of RL jobs (verifier-sandbox over the bus, or the
   verifier library in-process).
+* :mod:`halo_training.probe` — the mid-training probe's bookkeeping (:class:`~halo_training.probe.Prober`: baseline,
+  verdicts, last passing model) and probe jobs on the eval service over the bus.
 """
 
 __version__ = "0.1.0"

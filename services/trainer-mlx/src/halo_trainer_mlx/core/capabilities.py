@@ -30,7 +30,7 @@ MLX_CAPABILITIES = {
     "finetune=rslora": False, "finetune=pissa": False, "finetune=qlora": False,
     "packing": True, "completion_only_loss": True, "grad_accum": True, "gradient_checkpointing": True,
     "num_processes>1 (ddp, fsdp, deepspeed)": False, "attn_implementation=flash_attention_2": False,
-    "lora.modules_to_save": False, "probe": False, "trust_remote_code": False,
+    "lora.modules_to_save": False, "probe": True, "probe (rm)": False, "trust_remote_code": False,
     "early_stopping": True, "merge_adapter": True, "sample_prompts": True,
     "grpo": True, "grpo.loss_type=grpo|dapo|dr_grpo|bnpo": True, "grpo.loss_type=cispo|sapo|luspo|vespo": False,
     "grpo.importance_sampling_level=token|sequence": True, "grpo.generation=trl": False, "raft": False,
@@ -69,12 +69,23 @@ def check_spec(method: str, spec: TrainSpecBase) -> None:
         raise _refuse("lora.modules_to_save", spec.lora.modules_to_save, "fully trained extra modules next to an adapter",
                       "leave it empty, or use backend=torch")
     if spec.probe is not None:
-        raise _refuse("probe", "set", "evaluation probes during training", "leave probe unset, or use backend=torch")
+        _check_probe(method, spec)
     if method == "grpo":
         _check_grpo(spec)
     if spec.trust_remote_code:
         raise _refuse("trust_remote_code", True, "model code shipped with a checkpoint",
                       "mlx-lm runs only its own architectures")
+
+
+def _check_probe(method: str, spec: TrainSpecBase) -> None:
+    assert spec.probe is not None
+    if method == "rm":
+        raise _refuse("probe", "set", "probing a reward model (its checkpoints are not language models to evaluate)",
+                      "leave probe unset, or use backend=torch")
+    every = spec.probe.every_n_steps
+    if every is not None and every % spec.checkpoint_every_steps:
+        raise Unprocessable(f"probe.every_n_steps ({every}) must be a multiple of checkpoint_every_steps "
+                            f"({spec.checkpoint_every_steps}): probes run on checkpoints", param="probe.every_n_steps")
 
 
 def _check_grpo(spec: TrainSpecBase) -> None:

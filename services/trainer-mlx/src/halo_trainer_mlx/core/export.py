@@ -41,6 +41,25 @@ def save_hf_model(model: Any, base_dir: str, out: Path) -> None:
             shutil.copy2(base / name, out / name)
 
 
+def save_peft_with_tokenizer(ctx: JobContext, model: Any, out: Path) -> None:
+    """The run's adapter in PEFT format with the base's tokenizer files (what serve and eval load)."""
+    spec = ctx.spec
+    save_peft_adapter(model, out, rank=spec.lora.rank, scale=lora_scale(spec), dora=spec.finetune == "dora",
+                      base_model=spec.model, dropout=spec.lora.dropout)
+    for name in TOKENIZER_FILES:
+        src = Path(ctx.resolved.model_path) / name
+        if src.is_file():
+            shutil.copy2(src, out / name)
+
+
+def save_eval_model(ctx: JobContext, model: Any, out: Path) -> None:
+    """The current weights as the eval service loads them: a PEFT adapter, or an HF model for full finetuning."""
+    if ctx.spec.finetune == "full":
+        save_hf_model(model, ctx.resolved.model_path, out)
+    else:
+        save_peft_with_tokenizer(ctx, model, out)
+
+
 def export_model(ctx: JobContext, model: Any, adapter_config: dict[str, Any]) -> dict[str, str]:
     """Write the outputs of ``ctx``'s run; report each as an artifact; returns name -> path."""
     spec, run = ctx.spec, ctx.run
@@ -52,12 +71,7 @@ def export_model(ctx: JobContext, model: Any, adapter_config: dict[str, Any]) ->
         ctx.reporter.artifact("model", "hf", outputs["final"])
         return outputs
     tmp = _fresh(run.root / "adapter.tmp")
-    save_peft_adapter(model, tmp, rank=spec.lora.rank, scale=lora_scale(spec), dora=spec.finetune == "dora",
-                      base_model=spec.model, dropout=spec.lora.dropout)
-    for name in TOKENIZER_FILES:
-        src = Path(ctx.resolved.model_path) / name
-        if src.is_file():
-            shutil.copy2(src, tmp / name)
+    save_peft_with_tokenizer(ctx, model, tmp)
     outputs["adapter"] = str(run.publish_dir(tmp, run.adapter))
     ctx.reporter.artifact("adapter", "peft", outputs["adapter"])
     tmp = _fresh(run.root / "adapter_mlx.tmp")

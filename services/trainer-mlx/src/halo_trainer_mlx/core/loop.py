@@ -1,5 +1,6 @@
 """The MLX training loop every trainer-mlx recipe runs: accumulation, clipping, schedule, metrics, events,
-checkpoints, cancel / preempt, evaluation and early stopping.
+checkpoints, cancel / preempt, evaluation, early stopping and the spec's ``probe`` (:mod:`halo_trainer_mlx.core.probe`:
+probed checkpoints judged by the eval service; ``on_regression: stop`` ends the run on the last passing weights).
 
 A recipe supplies a :class:`Task`: the micro-batches of each epoch (a fixed order per ``(seed, epoch)``, so a
 resumed run sees exactly the batches it would have seen) and the summed loss of one micro-batch. The loss of an
@@ -23,6 +24,7 @@ from halo_training.runs import RecipeResult
 from halo_trainer_mlx.core.checkpoint import load_checkpoint, save_checkpoint
 from halo_trainer_mlx.core.context import JobContext
 from halo_trainer_mlx.core.model import parameter_counts
+from halo_trainer_mlx.core.probe import make_probe
 from halo_trainer_mlx.core.schedule import lr_factor, total_steps, warmup_steps
 
 log = logging.getLogger("halo_trainer_mlx")
@@ -141,6 +143,9 @@ def train_loop(ctx: JobContext, model: Any, task: Task, *, extra_state: dict[str
     micro_step, update_step, whole_step = _compiled_steps(model, optimizer, value_and_grad, spec.max_grad_norm,
                                                           compiled=step_batches is None)
     reporter.started(total_steps=planned, resumed_from_step=resumed_from, info={"tokens": state.tokens})
+    probe = make_probe(ctx)
+    if probe is not None:
+        probe.start()
     power_watts()  # the first reading imports the telemetry samplers: not inside the timed loop
     t_loop, tokens_at_start = time.monotonic(), state.tokens
     last_emit, last_t, last_tokens = 0.0, time.monotonic(), state.tokens
@@ -156,10 +161,14 @@ def train_loop(ctx: JobContext, model: Any, task: Task, *, extra_state: dict[str
         return epoch_cache[epoch][within * spec.grad_accum:(within + 1) * spec.grad_accum]
 
     def checkpoint() -> None:
+        probed = probe is not None and probe.due(state.step)
         path = save_checkpoint(run, state.step, model, optimizer,
                                {"tokens": state.tokens, "evals": state.evals, **(extra_state or {})},
-                               spec.keep_checkpoints)
+                               spec.keep_checkpoints, extra=probe.writer(model) if probed else None,
+                               protect=probe.last_good if probe is not None else None)
         reporter.checkpointed(state.step, str(path))
+        if probed:
+            probe.check(path, state.step, planned)  # type: ignore[union-attr]
 
     while state.step < planned:
         micro = step_batches(state.step, model) if step_batches is not None else batches_of(state.step)
@@ -221,11 +230,15 @@ def train_loop(ctx: JobContext, model: Any, task: Task, *, extra_state: dict[str
         stop = control.stop_reason()
         if early_stopped_at is not None and stop is None:
             stop = "early-stopped"
+        if probe is not None and probe.stopped and stop is None:
+            stop = "probe-regressed"
         if stop is not None:
             if stop == "preempted" and state.step % spec.checkpoint_every_steps != 0:
                 checkpoint()  # resume right here
             break
     train_seconds = time.monotonic() - t_loop
+    if stop == "probe-regressed":
+        probe.restore(model)  # type: ignore[union-attr]  # the export that follows writes these weights
     result = RecipeResult(
         state="succeeded", steps=state.step, total_steps=planned, epochs=state.step / per_epoch, stop_reason=stop,
         trainable_parameters=trainable, total_parameters=total, resumed_from_step=resumed_from,
@@ -238,6 +251,8 @@ def train_loop(ctx: JobContext, model: Any, task: Task, *, extra_state: dict[str
         result.extras["early_stopped_at_step"] = early_stopped_at
     if state.evals:
         result.extras["eval_loss"] = state.evals[-1]
+    if probe is not None:
+        result.extras["probe"] = probe.summary()
     return result
 
 
