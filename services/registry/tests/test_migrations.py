@@ -49,7 +49,7 @@ def test_first_migration_upgrades_to_head_with_data_intact(registry_db: Registry
     assert "metric_stats" not in inspect(engine).get_table_names()
 
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == migrate.head_revision() == "0006"
+    assert migrate.current_revision(engine) == migrate.head_revision() == "0007"
     with engine.connect() as conn:  # 0003 backfilled the 64-step rollup blocks from the points
         rollups = conn.execute(text(
             "SELECT r.run_id, n.name, m.bucket, m.n, m.vsum, m.vmin, m.vmax, m.first_step FROM metric_rollups m "

@@ -124,6 +124,18 @@ run_facet_counts = Table(
     sqlite_with_rowid=False,
 )
 
+# The tag rows of run_facet_counts summed over base models (migration 0007, its own triggers): the tag facet
+# of a search without a model filter reads these (~10x fewer rows). NULL backend is ''.
+run_tag_facet_counts = Table(
+    "run_tag_facet_counts", metadata,
+    Column("tag", String(64), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("method", String(64), primary_key=True),
+    Column("backend", String(32), primary_key=True),
+    Column("n", Integer, nullable=False),
+    sqlite_with_rowid=False,
+)
+
 metric_names = Table(
     "metric_names", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),

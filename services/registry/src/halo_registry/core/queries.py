@@ -31,7 +31,7 @@ from halo_schemas.registry import (
     RunsPage,
     RunSummary,
 )
-from sqlalchemy import and_, func, or_, select, true
+from sqlalchemy import Column, and_, func, or_, select, true
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
@@ -48,6 +48,7 @@ from halo_registry.core.db import (
     metric_stats,
     metrics,
     run_facet_counts,
+    run_tag_facet_counts,
     run_tags,
     runs,
 )
@@ -107,15 +108,41 @@ def run_summary(conn: Connection, run_id: str) -> RunSummary:
 
 # ---- search ----------------------------------------------------------------------------------
 class _NotIndexed(Alias):
-    """``runs`` read by a full scan on SQLite (``FROM runs AS runs NOT INDEXED``); plain elsewhere."""
+    """``runs`` read by a full scan on SQLite (``FROM runs AS runs NOT INDEXED``); plain elsewhere.
+    Subclasses name an index instead (``INDEXED BY <hint>``)."""
 
     inherit_cache = True
+    hint = "NOT INDEXED"
+
+
+class _ByCreated(_NotIndexed):
+    inherit_cache = True
+    hint = "INDEXED BY ix_runs_created_at"
+
+
+class _ByFacets(_NotIndexed):
+    inherit_cache = True
+    hint = "INDEXED BY ix_runs_facets"
+
+
+class _ByMethod(_NotIndexed):
+    inherit_cache = True
+    hint = "INDEXED BY ix_runs_method_created"
+
+
+class _ByBackend(_NotIndexed):
+    inherit_cache = True
+    hint = "INDEXED BY ix_runs_backend"
 
 
 @compiles(_NotIndexed, "sqlite")
+@compiles(_ByCreated, "sqlite")
+@compiles(_ByFacets, "sqlite")
+@compiles(_ByMethod, "sqlite")
+@compiles(_ByBackend, "sqlite")
 def _not_indexed(element: _NotIndexed, compiler: Any, **kw: Any) -> str:
     text = compiler.visit_alias(element, **kw)
-    return f"{text} NOT INDEXED" if kw.get("asfrom") else text
+    return f"{text} {element.hint}" if kw.get("asfrom") else text
 
 
 def _runs(db: Database, scan: bool) -> FromClause:
@@ -124,6 +151,23 @@ def _runs(db: Database, scan: bool) -> FromClause:
     # matches a third of 100k runs, or for a rare substring walked along the created_at index.
     # A full scan of the runs table costs ~10-20 ms. PostgreSQL's planner has real statistics.
     return _NotIndexed._construct(runs, name="runs") if scan and db.is_sqlite else runs
+
+
+def _page_runs(db: Database, req: RunSearch, matching: int, all_runs: int) -> FromClause:
+    """The runs to page a countable, newest-first (or oldest-first) search from, planned with the exact
+    counts SQLite's planner lacks (PostgreSQL plans well from its statistics: plain ``runs``).
+
+    Walking the created_at index finds a page after about (offset + limit) x all / matching rows; reading
+    the matching rows through a filter's index and sorting them costs about ``matching`` rows. Walk when
+    that is fewer rows; otherwise read through the index of the most selective kind of filter present
+    (status, method, backend), or scan (a model substring alone)."""
+    if not db.is_sqlite or req.tag:  # a tag's rows come by their key list; the planner does well with it
+        return runs
+    wanted = req.offset + req.limit
+    if matching == 0 or wanted * all_runs <= matching * matching:
+        return _ByCreated._construct(runs, name="runs")
+    kind = _ByFacets if req.status else _ByMethod if req.method else _ByBackend if req.backend else _NotIndexed
+    return kind._construct(runs, name="runs")
 
 
 def _contains(db: Database, col: Any, text: str) -> ColumnElement[bool]:
@@ -172,13 +216,22 @@ def search(db: Database, conn: Connection, req: RunSearch) -> RunsPage:
     desc = req.sort.startswith("-")
     field = req.sort.lstrip("+-")
     substring = bool(req.text or req.model)
-    # Scan rather than walk an index when a substring filter is present (its matches can be
-    # anywhere) or when the order is not created_at, which every runs index ends with — unless a
-    # tag filter already narrows the rows through the tag index.
-    t = _runs(db, substring or (not field.startswith("created_at") and not req.tag))
+    # Total and facets of what a dashboard's facet clicks produce come from the trigger-kept counts,
+    # before the page: the exact number of matching rows also plans the page's query (SQLite).
+    counted = _counted(db, conn, req) if _countable(req) else None
+    if counted is not None and field == "created_at":
+        t = _page_runs(db, req, counted[0], counted[2])
+    else:
+        # Scan rather than walk an index when a substring filter is present (its matches can be
+        # anywhere) or when the order is not created_at, which every runs index ends with — unless a
+        # tag filter already narrows the rows through the tag index.
+        t = _runs(db, substring or (not field.startswith("created_at") and not req.tag))
     conds = _conditions(db, t, req)
     cols: list[Any] = [t.c.pk]
-    if substring:
+    # With a substring filter and no counts the total comes from the same scan (``count(*) OVER ()``):
+    # the filter cannot use an index, so a second scan would double the cost.
+    over = substring and counted is None
+    if over:
         cols.append(func.count().over().label("total"))
     query = select(*cols).where(_all(conds))
     if field.startswith("metric."):
@@ -189,14 +242,21 @@ def search(db: Database, conn: Connection, req: RunSearch) -> RunsPage:
         key: Any = ms.c.last_value
     else:
         key = t.c[field]
-    order = [(key.desc() if desc else key.asc()).nulls_last()]
+    order = [key.desc() if desc else key.asc()]
+    if field.startswith("metric.") or not (isinstance(key, Column) and not key.nullable):
+        # NULLs last (a metric's value comes through an outer join); said only where there can be some:
+        # on PostgreSQL an index read backwards gives them first, so NULLS LAST on a NOT NULL column
+        # (created_at) would sort every match instead of reading the first rows in order
+        order = [order[0].nulls_last()]
     if field != "run_id":
         order.append(t.c.run_id.desc() if desc else t.c.run_id.asc())
-    hits = conn.execute(query.order_by(*order).limit(req.limit).offset(req.offset)).all()
-    counted = _counted(db, conn, req) if _countable(req) else None
+    if counted is not None and counted[0] <= req.offset:
+        hits = []  # the counts are exact: no page to read
+    else:
+        hits = conn.execute(query.order_by(*order).limit(req.limit).offset(req.offset)).all()
     if counted is not None:
         total = counted[0]
-    elif substring and hits:
+    elif over and hits:
         total = hits[0].total
     else:
         ct = _runs(db, substring)  # counting equality filters is an index-only scan: keep the index
@@ -218,9 +278,9 @@ def _countable(req: RunSearch) -> bool:
     return not (req.text or req.since or req.until or req.has_eval is not None) and len(req.tag) <= 1
 
 
-def _counted(db: Database, conn: Connection, req: RunSearch) -> tuple[int, dict[str, list[FacetCount]]] | None:
-    """(total, facets) of a :func:`_countable` request from the trigger-kept counts: a few thousand
-    rows at most instead of a scan of the runs (facets) and an index scan (total). The filters are
+def _counted(db: Database, conn: Connection, req: RunSearch) -> tuple[int, dict[str, list[FacetCount]], int]:
+    """(total, facets, runs with the tag or in all) of a :func:`_countable` request from the trigger-kept
+    counts: a few thousand rows at most instead of a scan of the runs (facets) and an index scan (total). The filters are
     the same SQL clauses as the search's, applied to the counts' columns. Facets are computed only
     when asked."""
     f = run_facet_counts.c
@@ -228,10 +288,11 @@ def _counted(db: Database, conn: Connection, req: RunSearch) -> tuple[int, dict[
     flags = [(and_(true(), *conds[c]) if conds[c] else true()).label(f"ok_{c}") for c in _FACET_COLUMNS]
     rows = conn.execute(select(f.status, f.method, f.backend, f.base_model, f.n, *flags)
                         .where(f.tag == (req.tag[0] if req.tag else ""), f.n > 0)).all()
-    total = 0
+    total = everything = 0
     counts: dict[str, dict[str, int]] = {c: {} for c in _FACET_COLUMNS}
     for row in rows:
         ok = {c: bool(getattr(row, f"ok_{c}")) for c in _FACET_COLUMNS}
+        everything += row.n
         if all(ok.values()):
             total += row.n
         if not req.facets:
@@ -241,14 +302,22 @@ def _counted(db: Database, conn: Connection, req: RunSearch) -> tuple[int, dict[
             if value != "" and all(ok[g] for g in _FACET_COLUMNS if g != c):  # '' stands for NULL
                 counts[c][value] = counts[c].get(value, 0) + row.n
     if not req.facets:
-        return total, {}
+        return total, {}, everything
     out = {c: [FacetCount(value=v, count=n) for v, n in sorted(cs.items(), key=lambda kv: (-kv[1], kv[0]))[:FACET_LIMIT]]
            for c, cs in counts.items()}
-    n = func.sum(f.n).label("n")
-    tq = (select(f.tag, n).where(f.tag != "", _all(conds)).group_by(f.tag).having(n > 0)
-          .order_by(n.desc(), f.tag).limit(FACET_LIMIT))
+    # Without a model filter the tag facet sums the counts without base models (~10x fewer rows). With one
+    # and no tag filter, the base models it matches are those of the rows just read (every tag row's
+    # combination is there): an IN list of them is cheaper than the substring match on every tag row.
+    tf = run_facet_counts if req.model else run_tag_facet_counts
+    tconds = _conditions(db, tf, req.model_copy(update={"tag": [], "model": None if not req.tag else req.model}))
+    if req.model and not req.tag:
+        models = sorted({row.base_model for row in rows if row.ok_base_model and row.base_model != ""})
+        tconds["base_model"] = [tf.c.base_model.in_(models)]
+    n = func.sum(tf.c.n).label("n")
+    tq = (select(tf.c.tag, n).where(tf.c.tag != "", _all(tconds)).group_by(tf.c.tag).having(n > 0)
+          .order_by(n.desc(), tf.c.tag).limit(FACET_LIMIT))
     out["tag"] = [FacetCount(value=tag, count=int(c)) for tag, c in conn.execute(tq)]
-    return total, out
+    return total, out, everything
 
 
 def _facets(db: Database, conn: Connection, req: RunSearch) -> dict[str, list[FacetCount]]:
