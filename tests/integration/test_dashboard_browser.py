@@ -2,7 +2,7 @@
 nats-server, gateway, registry and trainer-torch as processes. Each test saves a screenshot in its tmp dir.
 
 Launch a tiny SFT from the Train form (generated from the spec's JSON Schema) and watch its curve grow live
-(and its event log end with the finish);
+(its event log end with the finish, its Log card show the trainer's logs/train.log);
 cancel a run; compare two runs with the differing config keys highlighted; the cohort grid with the best cell
 marked; and signing in to a gateway bound to a non-loopback address in a network namespace the test makes —
 denied without the token, allowed with it, SSE included."""
@@ -116,6 +116,10 @@ def test_launch_sft_from_the_train_form_and_watch_the_curve_grow(stack: ProcessS
     assert "progressed" in log and "loss=" in log and "step 40" in log and log.rstrip().endswith("succeeded")
     page.get_by_test_id("artifacts").wait_for(timeout=30_000)  # registry detail arrived: artifacts, evals, cost
     assert run_status(stack, run_id) == "succeeded"
+    run_log = page.get_by_test_id("run-log")  # the tail of the trainer's logs/train.log, fetched again at the finish
+    wait_until(lambda: f"run {run_id}: attempt 1 ended succeeded" in run_log.inner_text(), timeout=30, interval=0.2,
+               what="the Log card to show the trainer's end-of-attempt line")
+    assert f"run {run_id}: sft attempt 1 started" in run_log.inner_text()
 
 
 def test_cancel_a_run_from_its_page(stack: ProcessStack, data: Path, page: Any) -> None:

@@ -12,6 +12,8 @@
   verifier library in-process).
 * :mod:`halo_training.probe` — the mid-training probe's bookkeeping (:class:`~halo_training.probe.Prober`: baseline,
   verdicts, last passing model) and probe jobs on the eval service over the bus.
+* :mod:`halo_training.runlog` — the job's own log, ``runs/<id>/logs/train.log`` (:func:`~halo_training.runlog.run_log`,
+  and :func:`~halo_training.runlog.logged_job` around a trainer's ``run_job``).
 """
 
 __version__ = "0.1.0"

@@ -7,7 +7,8 @@
       checkpoints/checkpoint-<step>/   complete, resumable (renamed into place atomically)
       adapter/ | final/                HF / PEFT exports
       samples_before.json              sample answers of the untrained model (kept across resumes)
-      logs/                            events.jsonl of multi-process runs, launcher output
+      logs/                            train.log (the job's own log, halo_training.runlog), events.jsonl of
+                                       multi-process runs, launcher output
       .staging/                        where the HF Trainer writes a checkpoint before it is complete
 
 Every JSON file is written to a temporary name and renamed, so a ``kill -9`` at any instant leaves either

@@ -1,6 +1,6 @@
 // One run: live curves over SSE (history first, then live until it finishes), status, cancel, RAFT cycle and
 // stage progress (live) and per-cycle table (summary), before/after samples, artifacts, evals, cost, replay
-// command, bundle download, notes and tags.
+// command, bundle download, notes and tags; the tail of the run's own log (logs/train.log).
 import { useEffect, useRef, useState } from "preact/hooks";
 import { get, post, sse } from "../api";
 import { Card, Chart, ErrorBox } from "../ui";
@@ -153,8 +153,36 @@ export function RunDetail({ runId }: { runId: string }) {
       <Card title={`Event log (last ${LOG_LINES})`} testid="event-log">
         {log.length === 0 ? <p class="muted">No event yet.</p> : <pre class="log">{log.join("\n")}</pre>}
       </Card>
+      <RunLog runId={runId} active={active} />
       {detail && <Details detail={detail} runId={runId} onSaved={loadDetail} />}
     </div>
+  );
+}
+
+/** The tail of the run's ``logs/train.log`` (``GET /api/v1/runs/{id}/logs``): every 2 s while the run is active,
+ * once more when it stops; scrolled to the end. */
+function RunLog({ runId, active }: { runId: string; active: boolean }) {
+  const [lines, setLines] = useState<string[] | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const pre = useRef<HTMLPreElement>(null);
+  useEffect(() => {
+    let stop = false;
+    const load = () => get(`/api/v1/runs/${runId}/logs?lines=${LOG_LINES}`)
+      .then((r) => { if (!stop) { setLines(r.lines); setError(null); } })
+      .catch((e) => { if (!stop) { if (e.status === 404) setLines(null); setError(e.status === 404 ? null : e.message); } });
+    load();
+    const t = active ? setInterval(load, 2000) : undefined;
+    return () => { stop = true; if (t) clearInterval(t); };
+  }, [runId, active]);
+  useEffect(() => {
+    if (pre.current) pre.current.scrollTop = pre.current.scrollHeight;
+  }, [lines]);
+  return (
+    <Card title={`Log (last ${LOG_LINES} lines of logs/train.log)`} testid="run-log">
+      {lines === null || lines.length === 0 ? <p class="muted">No log yet.</p>
+        : <pre class="log" ref={pre} data-testid="run-log-text">{lines.join("\n")}</pre>}
+      <ErrorBox error={error} />
+    </Card>
   );
 }
 

@@ -29,6 +29,7 @@ from halo_schemas.training import TrainingSummary, TrainSpecBase
 from halo_training.data import TrainingData, load_training_data
 from halo_training.reporting import JobControl, Reporter
 from halo_training.rundir import RunDir
+from halo_training.runlog import logged_job
 from halo_training.runs import (
     Preempted,
     RecipeResult,
@@ -72,6 +73,7 @@ def write_replay(run: RunDir, method: str, spec: TrainSpecBase, resolved: Resolv
     })
 
 
+@logged_job  # the job's own log: runs/<id>/logs/train.log
 def run_job(method: str, spec: dict[str, Any] | TrainSpecBase, run_dir: Path | str, *,
             reporter: Reporter | None = None, control: JobControl | None = None, run_id: str | None = None,
             job_id: str | None = None, attempt: int = 1, argv: list[str] | None = None,

@@ -33,6 +33,7 @@ from typing import Any
 from halo_common.errors import HaloError
 from halo_schemas.jobs import JobState
 from halo_schemas.training import TrainingSummary, TrainSpecBase
+from halo_training.runlog import logged_job
 from halo_training.runs import (  # noqa: F401  (Preempted and validate_spec are imported from here too)
     Preempted,
     attempt_info,
@@ -112,6 +113,7 @@ def summarize(run: RunDir, method: str, spec: TrainSpecBase | None, *, state: Jo
                       duration_s=duration_s, attempt=attempt, write=is_main_process())
 
 
+@logged_job  # the job's own log: runs/<id>/logs/train.log
 def run_job(
     method: str,
     spec: dict[str, Any] | TrainSpecBase,
