@@ -120,6 +120,7 @@ def test_launch_sft_from_the_train_form_and_watch_the_curve_grow(stack: ProcessS
     wait_until(lambda: f"run {run_id}: attempt 1 ended succeeded" in run_log.inner_text(), timeout=30, interval=0.2,
                what="the Log card to show the trainer's end-of-attempt line")
     assert f"run {run_id}: sft attempt 1 started" in run_log.inner_text()
+    assert "halo_training.metrics: step 40 · loss " in run_log.inner_text()  # training, line by line
 
 
 def test_cancel_a_run_from_its_page(stack: ProcessStack, data: Path, page: Any) -> None:

@@ -66,6 +66,18 @@ def test_run_log_appends_across_attempts_and_detaches(tmp_path: Path) -> None:
     assert text[1].split(" ")[2] == "WARNING" and text[0][:2] == "20"  # timestamped
 
 
+def test_metrics_rows_reach_the_run_log_as_short_lines(tmp_path: Path) -> None:
+    from halo_training.rundir import RunDir
+
+    run = RunDir(tmp_path / "runs" / "r3").ensure()
+    with run_log(run.root) as path:  # whatever the root logger's level is
+        run.append_metrics({"step": 3, "ts": 1.0, "loss": 1.23456, "learning_rate": 5e-4, "epoch": 0.5})
+    run.append_metrics({"step": 4, "ts": 2.0, "loss": 1.0})  # outside the job: not in the file
+    [line] = path.read_text(encoding="utf-8").splitlines()
+    assert line.endswith("halo_training.metrics: step 3 · loss 1.235 · learning_rate 0.0005 · epoch 0.5")
+    assert logging.getLogger("halo_training.metrics").level == logging.NOTSET  # set back after the job
+
+
 def client(bus: Bus, home: Path) -> httpx.AsyncClient:
     app = create_app(bus, GatewaySettings(home=home))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")

@@ -19,12 +19,15 @@ mid-write) and lines past the checkpoint a resume starts from are dropped by :me
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("halo_training.metrics")
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -52,6 +55,20 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+#: Metrics shown first in a log line (when present), then the rest alphabetically, at most LINE_METRICS.
+_FIRST = ("loss", "eval_loss", "reward", "learning_rate", "grad_norm", "tokens_per_second")
+LINE_METRICS = 8
+
+
+def metrics_line(row: dict[str, Any]) -> str:
+    """``step 12 · loss 1.234 · learning_rate 0.0005 · …``: one metrics row as a short log line."""
+    nums = {k: v for k, v in row.items() if k not in ("step", "ts") and isinstance(v, (int, float))
+            and not isinstance(v, bool)}
+    keys = [k for k in _FIRST if k in nums] + sorted(k for k in nums if k not in _FIRST)
+    parts = [f"{k} {nums[k]:.4g}" for k in keys[:LINE_METRICS]]
+    return " · ".join([f"step {row.get('step', '?')}", *parts])
 
 
 class RunDir:
@@ -135,10 +152,13 @@ class RunDir:
 
     # ---- metrics -------------------------------------------------------------------------
     def append_metrics(self, row: dict[str, Any]) -> None:
-        """Append one line; flushed so a crash loses at most the line being written."""
+        """Append one line; flushed so a crash loses at most the line being written. The row is also
+        logged at INFO as one short line, so the run's ``logs/train.log`` shows training as it goes."""
         with self.metrics_jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, sort_keys=True, default=float) + "\n")
             f.flush()
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s", metrics_line(row))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every complete, decodable line of metrics.jsonl."""

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 LOG_NAME = "train.log"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+METRICS_LOGGER = "halo_training.metrics"  # RunDir.append_metrics logs each metrics row here at INFO
 #: Library loggers that do not propagate to the root (transformers sets ``propagate = False`` outside CI).
 LIBRARY_LOGGERS = ("transformers",)
 
@@ -67,8 +68,13 @@ def run_log(run_dir: Path | str, *, level: int = logging.INFO) -> Iterator[Path]
     handler.addFilter(_JobFilter(me))
     targets = [logging.getLogger()] + [lg for name in LIBRARY_LOGGERS
                                        if not (lg := logging.getLogger(name)).propagate]
+    # The per-step metrics lines (halo_training.rundir) reach the file whatever the root level is; the
+    # logger is set back afterwards, so a process's own log settings decide outside a job.
+    metrics_logger = logging.getLogger(METRICS_LOGGER)
+    metrics_level = metrics_logger.level
     with _lock:
         _active[me] = _active.get(me, 0) + 1
+        metrics_logger.setLevel(min(level, logging.INFO))
     for lg in targets:
         lg.addHandler(handler)
     try:
@@ -76,6 +82,9 @@ def run_log(run_dir: Path | str, *, level: int = logging.INFO) -> Iterator[Path]
     finally:
         for lg in targets:
             lg.removeHandler(handler)
+        with _lock:
+            if sum(_active.values()) <= 1:  # the last job of the process: give the level back
+                metrics_logger.setLevel(metrics_level)
         with _lock:
             if _active.get(me, 0) <= 1:
                 _active.pop(me, None)
