@@ -6,7 +6,9 @@ saves a screenshot in its tmp dir.
   and objective value, the best (lowest loss) trial marked.
 * Models: the served model is listed; the playground streams a reply from it (loading it); unloading it from the
   page unloads it in serve. A convert job submitted from the Convert form shows its progress and then its
-  output and verify result; one with a missing source shows the job's error.
+  output and verify result; one with a missing source shows the job's error. A tiny trained adapter combined
+  with itself (linear 0.5/0.5) from the Merge: combine form shows the output and status; a missing adapter shows
+  the error.
 * Run detail of a real tiny RAFT run (trainer-torch, ``verifier_transport: local``): the cycle / total and the
   last finished stage, the per-cycle table from the summary and the before/after samples."""
 
@@ -206,3 +208,56 @@ def test_models_page_converts_a_model_and_shows_the_result_or_the_error(stack: P
     card.get_by_test_id("convert-submit").click()
     wait_until(lambda: alert.count() > 0 and "no-such-model" in alert.first.inner_text(), timeout=120, interval=0.2,
                what="the page to show the bad convert's error")
+
+
+def _tiny_adapter(base: Path, out: Path, steps: int = 4) -> Path:
+    """A LoRA adapter over the tiny llama trained for a few steps on a seeded random batch (a real update, ~1 s)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(7)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    ids = torch.randint(3, model.config.vocab_size, (2, 16))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    for _ in range(steps):
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out)
+    return out
+
+
+def test_models_page_combines_adapters_and_shows_the_result_or_the_error(stack: ProcessStack, page: Any,
+                                                                         tiny_model_dir: Path) -> None:
+    adapter = _tiny_adapter(tiny_model_dir, stack.home / "adapters" / "dash-a")
+    out = stack.home / "models" / "dash-combined"
+    page.goto(f"{stack.url}/#/models")
+    card = page.get_by_test_id("combine")
+    card.locator('[name="adapters"]').fill(f"{adapter}\n{adapter}")
+    card.locator('select[name="method"]').select_option("linear")
+    assert card.locator('[name="density"]').is_disabled()  # density is for ties | dare_* | magnitude_prune
+    card.locator('[name="weights"]').fill("0.5, 0.5")
+    card.locator('[name="out"]').fill(str(out))
+    card.get_by_test_id("combine-submit").click()
+    job = card.get_by_test_id("combine-job")
+    job.wait_for(timeout=30_000)
+    wait_until(lambda: job.get_attribute("data-state") in ("succeeded", "failed", "cancelled"), timeout=240,
+               interval=0.2, what="the combine job to finish on the page")
+    assert job.get_attribute("data-state") == "succeeded", (job.inner_text(), stack.logs()[-4000:])
+    assert job.get_by_test_id("job-output").inner_text() == str(out)
+    assert (out / "adapter_config.json").exists() and (out / "halo_artifact.json").exists()
+    manifest = json.loads((out / "halo_artifact.json").read_text())
+    assert job.get_by_test_id("job-status").inner_text() == manifest["status"]
+    assert manifest["kind"] == "adapter" and manifest["spec"]["weights"] == [0.5, 0.5]
+    assert "adapter / peft" in job.get_by_test_id("job-result").inner_text()
+    assert not card.get_by_role("alert").count()
+
+    # A missing adapter: the page shows the API's (or the failed job's) message naming it.
+    card.locator('[name="adapters"]').fill(f"{adapter}\n{stack.root / 'no-such-adapter'}")
+    card.locator('[name="out"]').fill("")
+    card.get_by_test_id("combine-submit").click()
+    alert = card.get_by_role("alert")
+    wait_until(lambda: alert.count() > 0 and "no-such-adapter" in alert.first.inner_text(), timeout=120, interval=0.2,
+               what="the page to show the bad combine's error")

@@ -1,5 +1,5 @@
 // Served models: list, load, unload; a playground chat streaming from /v1/chat/completions; convert (hf | gguf |
-// mlx x quant) and merge-bake jobs on serve, followed over the run's event stream.
+// mlx x quant), merge-bake and merge-combine jobs on serve, followed over the run's event stream.
 import { useEffect, useState } from "preact/hooks";
 import { del, errorOf, get, headersFor, post, sse } from "../api";
 import { Card, ErrorBox, useApi } from "../ui";
@@ -66,6 +66,7 @@ export function Models() {
         <Convert models={models} />
         <Bake />
       </div>
+      <Combine />
     </div>
   );
 }
@@ -243,9 +244,71 @@ function Bake() {
           <button type="submit" disabled={!form.adapter.trim()}>Bake</button>
         </div>
       </form>
-      <p class="muted">Combining several adapters: <code>halo-forge merge combine</code>.</p>
       <ErrorBox error={error} />
       {job && <JobProgress job={job} testid="bake-job" />}
+    </Card>
+  );
+}
+
+const METHODS = ["linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"];
+
+/** Combine N adapters of one base (paths or ``run:<id>``, one per line) into one adapter, optionally baked. */
+function Combine() {
+  const [form, setForm] = useState({ adapters: "", method: "linear", weights: "", density: "", svd_rank: "", base: "",
+    out: "", bake: false, overwrite: false });
+  const [error, setError] = useState<string | null>(null);
+  const [job, setJob] = useState<Job | null>(null);
+  const set = (k: string) => (e: Event) => setForm({ ...form, [k]: (e.target as HTMLInputElement).value });
+  const check = (k: string) => (e: Event) => setForm({ ...form, [k]: (e.target as HTMLInputElement).checked });
+  const adapters = form.adapters.split("\n").map((a) => a.trim()).filter(Boolean);
+  const sparse = form.method !== "linear"; // density applies to ties | dare_* | magnitude_prune
+  const submit = async (e: Event) => {
+    e.preventDefault();
+    const body: any = { adapters, method: form.method };
+    const weights = form.weights.split(/[\s,]+/).filter(Boolean);
+    if (weights.length) {
+      const w = weights.map(Number);
+      if (w.some((x) => !Number.isFinite(x))) {
+        setError(`weights must be numbers: ${form.weights}`);
+        return;
+      }
+      body.weights = w; // the API says when the count differs from the adapters'
+    }
+    if (sparse && form.density.trim()) body.density = Number(form.density);
+    if (form.svd_rank.trim()) body.svd_rank = Number(form.svd_rank);
+    if (form.base.trim()) body.base = form.base.trim();
+    if (form.out.trim()) body.out = form.out.trim();
+    if (form.bake) body.bake = true;
+    if (form.overwrite) body.overwrite = true;
+    setJob(await submitJob("/api/v1/merge/combine", body, setError));
+  };
+  return (
+    <Card title="Merge: combine adapters" testid="combine">
+      <form onSubmit={submit}>
+        <div class="row">
+          <textarea name="adapters" rows={3} cols={60} placeholder={"adapter dirs or run:<id>, one per line (same base)"}
+            value={form.adapters} onInput={set("adapters")} />
+        </div>
+        <div class="row">
+          <label>method <select name="method" value={form.method} onChange={set("method")}>
+            {METHODS.map((m) => <option value={m}>{m}</option>)}</select></label>
+          <input name="weights" size={20} placeholder={`weights (default 1/${adapters.length || "N"} each)`}
+            value={form.weights} onInput={set("weights")} />
+          <input name="density" type="number" step="0.05" min="0" max="1" style={{ width: "11em" }} disabled={!sparse}
+            placeholder={sparse ? "density (0.5)" : "density (not linear)"} value={form.density} onInput={set("density")} />
+          <input name="svd_rank" type="number" min="1" style={{ width: "11em" }} placeholder="SVD rank (optional)" value={form.svd_rank}
+            onInput={set("svd_rank")} />
+        </div>
+        <div class="row">
+          <input name="base" placeholder="base (optional)" value={form.base} onInput={set("base")} />
+          <input name="out" size={30} placeholder="output dir (optional)" value={form.out} onInput={set("out")} />
+          <label><input type="checkbox" name="bake" checked={form.bake} onChange={check("bake")} /> bake into the base</label>
+          <label><input type="checkbox" name="overwrite" checked={form.overwrite} onChange={check("overwrite")} /> overwrite</label>
+          <button type="submit" data-testid="combine-submit" disabled={adapters.length === 0}>Combine</button>
+        </div>
+      </form>
+      <ErrorBox error={error} />
+      {job && <JobProgress job={job} testid="combine-job" />}
     </Card>
   );
 }
