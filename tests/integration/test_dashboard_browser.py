@@ -22,14 +22,12 @@ from typing import Any
 import httpx
 import pytest
 from halo_testing import wait_until
+from halo_testing.browser import CHROMIUM, needs_chromium
 from halo_testing.stack import ProcessStack
-from playwright.sync_api import sync_playwright
 
-CHROMIUM = os.environ.get("HALO_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [
     pytest.mark.integration, pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; see scripts/apt-packages.txt)"),
+    needs_chromium,
 ]
 
 RECORDS = [{"messages": [{"role": "user", "content": f"What does a {a} say?"},
@@ -50,22 +48,6 @@ def data(stack: ProcessStack) -> Path:
     path = stack.root / "sft.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     return path
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    p = browser.new_page(viewport={"width": 1400, "height": 1000})
-    yield p
-    p.screenshot(path=str(tmp_path / f"{request.node.name}.png"), full_page=True)  # every test leaves one
-    p.close()
 
 
 def spec(data: Path, **extra: Any) -> dict[str, Any]:

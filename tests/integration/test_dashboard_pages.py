@@ -15,7 +15,6 @@ saves a screenshot in its tmp dir.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,14 +23,12 @@ from typing import Any
 import httpx
 import pytest
 from halo_testing import wait_until
+from halo_testing.browser import needs_chromium
 from halo_testing.stack import ProcessStack
-from playwright.sync_api import sync_playwright
 
-CHROMIUM = os.environ.get("HALO_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [
     pytest.mark.integration, pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; see scripts/apt-packages.txt)"),
+    needs_chromium,
 ]
 
 RECORDS = [{"messages": [{"role": "user", "content": f"What does a {a} say?"},
@@ -53,22 +50,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
     (s.root / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    p = browser.new_page(viewport={"width": 1400, "height": 1000})
-    yield p
-    p.screenshot(path=str(tmp_path / f"{request.node.name}.png"), full_page=True)  # every test leaves one
-    p.close()
 
 
 def api(stack: ProcessStack, method: str, path: str, **kw: Any) -> Any:
