@@ -22,7 +22,7 @@ def _spec(data: Path, **kw: Any) -> dict[str, Any]:
     ("sft", {"attn_implementation": "flash_attention_2"}, ["flash-attention", "mlx"]),
     ("sft", {"lora": {"modules_to_save": ["lm_head"]}}, ["modules_to_save", "mlx"]),
     ("sft", {"trust_remote_code": True}, ["trust_remote_code", "mlx"]),
-    ("raft", {}, ["RAFT", "trainer-mlx", "backend=torch"]),
+    ("raft", {"probe": {"every_cycle": True}}, ["probe", "RAFT", "mlx", "backend=torch"]),
     ("rm", {"probe": {"every_n_steps": 2}}, ["probe", "reward model", "mlx"]),
     ("sft", {"checkpoint_every_steps": 4, "probe": {"every_n_steps": 6}}, ["probe.every_n_steps (6)", "multiple"]),
     ("grpo", {"loss_type": "sapo"}, ["loss_type='sapo'", "mlx", "backend=torch"]),

@@ -150,9 +150,6 @@ def test_unsupported_grpo_fields_are_refused_before_loading(tag_data: tuple[Path
     s = run_job("grpo", grpo_spec("tiny://llama", tag_data, loss_type="cispo"), tmp_path / "a")
     assert s.state == JobState.FAILED and "loss_type='cispo'" in (s.failure_reason or "")
     assert "mlx backend" in (s.failure_reason or "") and s.steps == 0
-    s = run_job("raft", {"model": "tiny://llama", "backend": "mlx", "data": {"train": str(tag_data[0])},
-                         "verifiers": [TAG_VERIFIER]}, tmp_path / "b")
-    assert s.state == JobState.FAILED and "RAFT" in (s.failure_reason or "")
 
 
 def test_preview_renders_the_rollout_prompts(tag_data: tuple[Path, Path]) -> None:

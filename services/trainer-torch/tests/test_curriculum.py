@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from halo_schemas.rl import CurriculumSpec
-from halo_trainer_torch.core.components.curriculum import (
+from halo_training.curriculum import (
     CycleHistory,
     PromptItem,
     PromptOutcome,

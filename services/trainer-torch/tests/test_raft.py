@@ -15,8 +15,8 @@ import pytest
 from halo_schemas.jobs import JobState
 from halo_schemas.rl import RAFTSpec
 from halo_trainer_torch.core.components.hooks import JobControl, Reporter
-from halo_trainer_torch.core.components.raft_state import VerifiedSample, select_samples
 from halo_trainer_torch.core.runner import Preempted, run_job
+from halo_training.raft_state import VerifiedSample, select_samples
 from pydantic import ValidationError
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "halo_trainer_torch" / "data"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from halo_schemas.rl import ShapingSpec
-from halo_trainer_torch.core.components.shaping import CycleOutcome, Thresholds, cycle_thresholds
+from halo_training.shaping import CycleOutcome, Thresholds, cycle_thresholds
 
 BASE = {"base_threshold": 0.6, "base_keep": 0.4}
 

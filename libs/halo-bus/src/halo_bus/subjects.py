@@ -262,7 +262,7 @@ EVAL_CANCEL = declare("rpc", rpc("eval", "cancel"), "halo.rpc.job-ref.v1", "halo
                       "Request cancellation of a running or queued eval job.")
 
 # trainer-mlx (same verbs as trainer-torch, so TrainerClient(bus, service="trainer-mlx") works)
-TRAINER_MLX_JOB_TYPES = ("sft", "dpo", "orpo", "rm", "grpo")
+TRAINER_MLX_JOB_TYPES = ("sft", "dpo", "orpo", "rm", "grpo", "raft")
 for _jt in TRAINER_MLX_JOB_TYPES:
     declare("job", job("trainer-mlx", _jt), "halo.job.envelope.v1", "-", f"Run a {_jt.upper()} training job on MLX.")
 TRAINER_MLX_CANCEL = declare("rpc", rpc("trainer-mlx", "cancel"), "halo.rpc.job-ref.v1", "halo.job.status.v1",

@@ -15,14 +15,12 @@ from halo_common.errors import Unprocessable
 from halo_schemas.training import TrainSpecBase
 from halo_training.rl_prompts import register_rl_formats
 
-register_rl_formats("grpo")  # the shared data loader accepts the RL record formats for grpo jobs
+register_rl_formats("grpo", "raft")  # the shared data loader accepts the RL record formats for RL jobs
 
 #: Job types trainer-mlx runs (the others are refused with the reason).
-METHODS = ("sft", "dpo", "orpo", "rm", "grpo")
+METHODS = ("sft", "dpo", "orpo", "rm", "grpo", "raft")
 #: Methods trainer-torch runs that trainer-mlx refuses, with the reason (docs/mlx.md).
-NOT_ON_MLX = {
-    "raft": "RAFT is not implemented on MLX yet",
-}
+NOT_ON_MLX: dict[str, str] = {}
 
 #: capability -> supported on trainer-mlx (the rest of the matrix is in docs/mlx.md).
 MLX_CAPABILITIES = {
@@ -33,7 +31,7 @@ MLX_CAPABILITIES = {
     "lora.modules_to_save": False, "probe": True, "probe (rm)": False, "trust_remote_code": False,
     "early_stopping": True, "merge_adapter": True, "sample_prompts": True,
     "grpo": True, "grpo.loss_type=grpo|dapo|dr_grpo|bnpo": True, "grpo.loss_type=cispo|sapo|luspo|vespo": False,
-    "grpo.importance_sampling_level=token|sequence": True, "grpo.generation=trl": False, "raft": False,
+    "grpo.importance_sampling_level=token|sequence": True, "grpo.generation=trl": False, "raft": True, "raft.probe": False,
 }
 
 #: GRPO loss aggregations implemented on MLX (the others are TRL-only today).
@@ -79,6 +77,9 @@ def check_spec(method: str, spec: TrainSpecBase) -> None:
 
 def _check_probe(method: str, spec: TrainSpecBase) -> None:
     assert spec.probe is not None
+    if method == "raft":
+        raise _refuse("probe", "set", "probing each RAFT cycle's policy",
+                      "leave probe unset, or use backend=torch")
     if method == "rm":
         raise _refuse("probe", "set", "probing a reward model (its checkpoints are not language models to evaluate)",
                       "leave probe unset, or use backend=torch")

@@ -6,6 +6,6 @@ from types import ModuleType
 
 
 def recipe(method: str) -> ModuleType:
-    from halo_trainer_mlx.core.recipes import grpo, preference, rm, sft
+    from halo_trainer_mlx.core.recipes import grpo, preference, raft, rm, sft
 
-    return {"sft": sft, "dpo": preference, "orpo": preference, "rm": rm, "grpo": grpo}[method]
+    return {"sft": sft, "dpo": preference, "orpo": preference, "rm": rm, "grpo": grpo, "raft": raft}[method]

@@ -1,7 +1,7 @@
 """RAFT recipe: rejection-sampling finetuning in cycles, resumable at the cycle and stage where it stopped.
 
 Each cycle ``k`` runs five stages, each persisted before the next starts (see
-:mod:`~..components.raft_state` for the files):
+:mod:`halo_training.raft_state` for the files):
 
 1. **generate** — the curriculum picks the cycle's prompts; the rollout backend samples ``num_generations``
    completions per prompt from the current policy (per-prompt seeds), appended to
@@ -25,31 +25,24 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import shutil
 import time
-from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from halo_schemas.rl import RAFTSpec
 from halo_schemas.training import RenderedSample
-from halo_training.rewards import EvalResult, VerifierReward, make_transport
+from halo_training.raft_cycles import RaftCycles, Stopped
+from halo_training.raft_state import (
+    read_jsonl,
+)
+from halo_training.rewards import EvalResult
 from halo_training.rl_prompts import (
     RLPrompt,
-    has_chat_template,
     register_rl_formats,
     render_prompts,
-    rl_prompts,
 )
 from transformers import TrainerCallback
 
-from halo_trainer_torch.core.components.curriculum import (
-    PromptItem,
-    difficulty,
-    load_historical_stats,
-    select_prompts,
-)
 from halo_trainer_torch.core.components.data import TrainingData
 from halo_trainer_torch.core.components.hooks import HaloTrainerMixin, memory_bytes, power_watts
 from halo_trainer_torch.core.components.model import (
@@ -59,18 +52,8 @@ from halo_trainer_torch.core.components.model import (
     load_tokenizer,
     parameter_counts,
 )
-from halo_trainer_torch.core.components.raft_state import (
-    RaftState,
-    VerifiedSample,
-    append_jsonl,
-    read_jsonl,
-    repair_jsonl,
-    select_samples,
-    write_jsonl_atomic,
-)
 from halo_trainer_torch.core.components.rl_rollout import (
     SamplesLog,
-    derive_seed,
     eval_summary,
     evaluate_policy,
     load_eval_before,
@@ -86,8 +69,6 @@ from halo_trainer_torch.core.components.session import (
     trainable_fingerprint,
     training_kwargs,
 )
-from halo_trainer_torch.core.components.shaping import cycle_thresholds
-from halo_trainer_torch.core.components.tokenize import SFTEncoder
 
 METHOD = "raft"
 TASK = "causal"
@@ -98,23 +79,11 @@ log = logging.getLogger("halo_trainer_torch.raft")
 #: Trainer log keys that are bookkeeping, not metrics.
 _DROP = {"total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "num_tokens", "epoch",
          "step", "train_loss", "halo_tokens"}
-#: ``raft_stage`` in metrics rows (numbers only): which stage of the cycle the row closes.
-STAGE_CODES = {"generate": 1, "verify": 2, "select": 3, "train": 4}
-#: Completions verified per verifier-sandbox round.
-VERIFY_CHUNK = 256
 
 
 def preview(spec: RAFTSpec, tokenizer: Any, data: TrainingData, num_samples: int) -> list[RenderedSample]:
     """Prompts as the rollout renders them (the sampled completions are what each cycle trains on)."""
     return render_prompts(spec, tokenizer, data, num_samples)
-
-
-class Stopped(Exception):
-    """The job control asked the run to stop (cancel / preempt) at a stage boundary."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class CycleCallback(TrainerCallback):
@@ -184,20 +153,15 @@ def _trainer_cls(ordered: bool) -> type:
     return type("HaloRAFTTrainer", (HaloTrainerMixin, SFTTrainer), attrs)
 
 
-class Raft:
+class Raft(RaftCycles):
     """One RAFT run: the cycle loop over the persisted state (see the module docstring)."""
 
+    CLIENT = "trainer-torch-rl"
+
     def __init__(self, ctx: JobContext) -> None:
-        self.ctx = ctx
+        super().__init__(ctx, load_tokenizer(ctx.resolved.model_path, ctx.spec.trust_remote_code))
         self.spec: RAFTSpec = ctx.spec  # type: ignore[assignment]
-        self.run = ctx.run
-        self.prompts, self.held_out = rl_prompts(ctx.data, self.spec.data.text_field)
-        self.by_index = {p.index: p for p in self.prompts}
-        self.tok = load_tokenizer(ctx.resolved.model_path, self.spec.trust_remote_code)
-        self.chat = has_chat_template(self.tok)
-        self.state = RaftState.load(self.run)
-        self.reward: VerifierReward | None = None
-        self.labels: list[str] = []
+        self.samples_log = SamplesLog(self.run.root / "samples.jsonl")
         self.prober = self._prober()
 
     def _prober(self) -> Any:
@@ -251,100 +215,18 @@ class Raft:
 
         return PeftModel.from_pretrained(base, str(self.run.root / rel), is_trainable=trainable)
 
-    # ---- stages ---------------------------------------------------------------------------------
-    def check_stop(self) -> None:
-        reason = self.ctx.control.stop_reason()
-        if reason is not None:
-            raise Stopped(reason)
+    # ---- stages (the others are RaftCycles') ----------------------------------------------------
+    def rollout_backend(self, policy: Any) -> Any:
+        return rollout_backend(policy, self.tok, self.spec)
 
-    def cycle_dir(self, k: int) -> Path:
-        d = self.run.root / "cycles" / str(k)
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+    def sample_requests(self, prompts: list[RLPrompt], seed: int) -> list[Any]:
+        return requests_for(prompts, self.tok, self.spec, n=self.spec.num_generations, seed=seed)
 
-    def choose_prompts(self, k: int) -> tuple[list[int], bool, dict[str, Any]]:
-        spec = self.spec
-        hist, _ = self.state.history(k)
-        items = [PromptItem(p.index, difficulty(p.complexity, p.text), p.text) for p in self.prompts]
-        prior = load_historical_stats(spec.curriculum.historical_stats) if spec.curriculum.strategy == "historical" else {}
-        choice = select_prompts(spec.curriculum, items, cycle=k, total_cycles=spec.cycles, history=hist, prior=prior)
-        indices = choice.indices
-        if spec.prompts_per_cycle is not None and len(indices) > spec.prompts_per_cycle:
-            picked = set(random.Random(derive_seed(spec.seed, 7919 + k)).sample(indices, spec.prompts_per_cycle))
-            indices = [i for i in indices if i in picked]  # keep the curriculum's order
-        return indices, choice.ordered, choice.info
+    def generation_policy(self, k: int) -> Any:
+        return self.load_policy(self.state.policy_before(k), trainable=False)
 
-    def generate(self, k: int, policy: Any) -> dict[str, Any]:
-        spec = self.spec
-        indices, ordered, info = self.choose_prompts(k)
-        path = self.cycle_dir(k) / "samples.jsonl"
-        have = {int(r["prompt_index"]) for r in repair_jsonl(path)}
-        todo = [i for i in indices if i not in have]
-        backend = rollout_backend(policy, self.tok, spec)
-        chunk = max(1, spec.rollout_batch_size // spec.num_generations)
-        seed = derive_seed(spec.seed, 100_003 * k)
-        for start in range(0, len(todo), chunk):
-            self.check_stop()
-            ps = [self.by_index[i] for i in todo[start:start + chunk]]
-            results = backend.generate(requests_for(ps, self.tok, spec, n=spec.num_generations, seed=seed))
-            append_jsonl(path, [{
-                "prompt_index": p.index, "prompt": p.text, "seed": r.seed,
-                "completions": [{"sample": c.index, "text": c.text, "num_tokens": c.num_tokens,
-                                 "finish_reason": c.finish_reason} for c in r.completions],
-            } for p, r in zip(ps, results, strict=True)])
-        return {"prompts": len(indices), "samples": len(indices) * spec.num_generations, "indices": indices,
-                "ordered": ordered, "curriculum": info, "resumed_prompts": len(have & set(indices))}
-
-    def verify(self, k: int) -> dict[str, Any]:
-        assert self.reward is not None
-        d = self.cycle_dir(k)
-        generated = read_jsonl(d / "samples.jsonl")
-        path = d / "verified.jsonl"
-        done_rows = repair_jsonl(path)
-        done = {int(r["prompt_index"]) for r in done_rows}
-        todo = [g for g in generated if int(g["prompt_index"]) not in done]
-        chunk: list[dict[str, Any]] = []
-        for g in todo + [None]:  # type: ignore[list-item]
-            if g is not None:
-                chunk.append(g)
-            n = sum(len(c["completions"]) for c in chunk)
-            if chunk and (g is None or n >= VERIFY_CHUNK):
-                self.check_stop()
-                texts, contexts, keys = [], [], []
-                for row in chunk:
-                    p = self.by_index[int(row["prompt_index"])]
-                    for c in row["completions"]:
-                        texts.append(c["text"])
-                        contexts.append(p.context)
-                        keys.append((p.index, int(c["sample"]), c.get("finish_reason", "stop")))
-                batch = self.reward.score(texts, contexts)
-                per_label = {lab: batch.reward(lab) for lab in batch.labels}
-                append_jsonl(path, [VerifiedSample(
-                    pi, si, texts[i], batch.total[i], batch.success[i], batch.compile_only[i], batch.errors[i],
-                    {lab: per_label[lab][i] for lab in batch.labels}, fr).to_json()
-                    for i, (pi, si, fr) in enumerate(keys)])
-                chunk = []
-        samples = [VerifiedSample.from_json(r) for r in read_jsonl(path)]
-        return verify_stats(samples, self.labels)
-
-    def select(self, k: int) -> dict[str, Any]:
-        spec = self.spec
-        _, outcomes = self.state.history(k)
-        th = cycle_thresholds(spec.shaping, base_threshold=spec.reward_threshold, base_keep=spec.keep_top_fraction,
-                              cycle=k, total_cycles=spec.cycles, history=outcomes)
-        d = self.cycle_dir(k)
-        samples = [VerifiedSample.from_json(r) for r in read_jsonl(d / "verified.jsonl")]
-        sel = select_samples(samples, threshold=th.threshold, keep_fraction=th.keep_fraction,
-                             require_success=spec.require_success, allow_compile_only=spec.allow_compile_only,
-                             dedupe=spec.dedupe, max_per_prompt=spec.max_kept_per_prompt)
-        order = {i: n for n, i in enumerate((self.state.stage(k, "generate") or {}).get("indices") or [])}
-        kept = sorted(sel.kept, key=lambda s: (order.get(s.prompt_index, 0), -(s.total or 0.0), s.sample))
-        write_jsonl_atomic(d / "selected.jsonl", [s.to_json() for s in kept])
-        out: dict[str, Any] = {"threshold": th.threshold, "keep_fraction": th.keep_fraction, "eligible": sel.eligible,
-                               "kept": len(kept), "rejected": dict(sel.rejected)}
-        if not kept:
-            out["why"] = sel.why_empty
-        return out
+    def after_verify(self, k: int) -> None:
+        self.log_samples(self.samples_log, k)
 
     def train_cycle(self, k: int) -> dict[str, Any]:
         from trl import SFTConfig
@@ -353,25 +235,14 @@ class Raft:
 
         spec = self.spec
         d = self.cycle_dir(k)
-        sel = self.state.stage(k, "select") or {}
-        if not sel.get("kept"):
-            log.warning("RAFT cycle %d keeps no sample, so it does not train: %s", k, sel.get("why"))
-            return {"trained": False, "steps": 0, "tokens": 0, "policy": None, "why": sel.get("why")}
-        kept = [VerifiedSample.from_json(r) for r in read_jsonl(d / "selected.jsonl")]
-        fmt = "messages" if self.chat else "prompt_completion"
-        enc = SFTEncoder(self.tok, fmt, spec.max_length, completion_only=True)
-        rows = []
-        for s in kept:
-            p = self.by_index[s.prompt_index]
-            record = ({"messages": p.chat_messages() + [{"role": "assistant", "content": s.text}]} if self.chat
-                      else {"prompt": p.text, "completion": s.text})
-            e = enc.encode(record)
-            if e.num_trained:
-                rows.append({"input_ids": e.input_ids, "labels": e.labels})
-        ordered = bool((self.state.stage(k, "generate") or {}).get("ordered"))
+        skipped = self.untrained(k)
+        if skipped is not None:
+            return skipped
+        rows = self.sft_rows(k, spec.max_length)
+        ordered = self.ordered(k)
         packing = not ordered  # packing reorders records; an ordered curriculum trains in its order
         dataset = build_sft_dataset(rows, packing=packing, max_length=spec.max_length)
-        lr = self.ctx.resolved.learning_rate * spec.lr_decay ** (k - 1)
+        lr = self.cycle_lr(k)
         step_offset, tokens_offset = self.state.step_before(k), self.state.tokens_before(k)
         policy = self.load_policy(self.state.policy_before(k), trainable=True)
         kw = training_kwargs(self.ctx)
@@ -403,115 +274,11 @@ class Raft:
                 "policy": f"cycles/{k}/{name}", "learning_rate": lr, "records": len(rows),
                 "loss_first": cb.losses[0] if cb.losses else None, "loss_last": cb.losses[-1] if cb.losses else None}
 
-    def checkpoint(self, k: int) -> dict[str, Any]:
-        train = self.state.stage(k, "train") or {}
-        step = self.state.step_before(k) + int(train.get("steps", 0))
-        if train.get("trained"):
-            staged = self.run.staging / f"checkpoint-{step}"
-            shutil.rmtree(staged, ignore_errors=True)
-            staged.mkdir(parents=True)
-            (staged / "raft_checkpoint.json").write_text(
-                f'{{"cycle": {k}, "policy": "{train["policy"]}", "step": {step}}}\n')
-            (staged / "trainer_state.json").write_text(f'{{"global_step": {step}, "raft_cycle": {k}}}\n')
-            final = self.run.finalize_checkpoint(staged)
-            self.run.prune_checkpoints(self.spec.keep_checkpoints)
-            self.prune_policies(k)
-            self.ctx.reporter.checkpointed(step, str(final))
-        self.write_prompt_stats(k)
-        return {"step": step}
-
-    def prune_policies(self, k: int) -> None:
-        """Keep the weights of the newest ``keep_checkpoints`` trained cycles (older ones are only history)."""
-        trained = [j for j in range(1, k + 1) if (self.state.stage(j, "train") or {}).get("trained")] + [k]
-        keep = set(sorted(set(trained))[-self.spec.keep_checkpoints:])
-        good = self.last_good_rel()
-        if good is not None:  # a stop by the probe ends on it: it must outlive pruning
-            keep.add(int(Path(good).parts[1]))
-        for j in set(trained) - keep:
-            for name in ("adapter", "model"):
-                shutil.rmtree(self.run.root / "cycles" / str(j) / name, ignore_errors=True)
-
-    def write_prompt_stats(self, k: int) -> None:
-        """Per-prompt success rates over this run's cycles (a later run's 'historical' curriculum reads them)."""
-        hist, _ = self.state.history(k + 1)
-        pooled: dict[int, list[int]] = {}
-        for cyc in hist.outcomes:
-            for i, o in cyc.items():
-                acc = pooled.setdefault(i, [0, 0])
-                acc[0] += o.samples
-                acc[1] += o.successes
-        self.run.write_json("raft_prompt_stats.json", {"prompts": {
-            self.by_index[i].text: ok / n for i, (n, ok) in sorted(pooled.items()) if n and i in self.by_index}})
-
-    # ---- metrics ------------------------------------------------------------------------------
-    def stage_metrics(self, k: int, stage: str, stats: dict[str, Any]) -> None:
-        """A metrics row + progress event (numbers only) when a stage finishes."""
-        step = self.state.step_before(k) + (int(stats.get("steps", 0)) if stage == "train" else 0)
-        m: dict[str, float] = {"cycle": float(k)}
-        if stage == "generate":
-            m.update(raft_prompts=stats["prompts"], raft_samples=stats["samples"])
-        elif stage == "verify":
-            m.update({k2: v for k2, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        elif stage == "select":
-            m.update(raft_threshold=stats["threshold"], raft_keep_fraction=stats["keep_fraction"],
-                     raft_eligible=stats["eligible"], raft_kept=stats["kept"])
-            m.update({f"raft_rejected_{r}": float(n) for r, n in stats["rejected"].items()})
-        elif stage == "train":
-            m.update(raft_trained=1.0 if stats["trained"] else 0.0, raft_cycle_steps=stats["steps"])
-            if stats.get("learning_rate") is not None:
-                m["raft_learning_rate"] = stats["learning_rate"]
-        m = {key: float(v) for key, v in m.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        m["raft_stage"] = float(STAGE_CODES[stage])
-        self.run.append_metrics({"step": step, "ts": time.time(), **m})
-        self.ctx.reporter.progress(step, None, m)
-
     # ---- the loop -----------------------------------------------------------------------------
-    def cycle_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for k in range(1, self.spec.cycles + 1):
-            stages = {name: self.state.stage(k, name) for name in ("generate", "verify", "select", "train", "checkpoint")}
-            if not any(stages.values()):
-                continue
-            g, v, s, t = (stages[n] or {} for n in ("generate", "verify", "select", "train"))
-            row: dict[str, Any] = {
-                "cycle": k, "prompts": g.get("prompts"), "samples": g.get("samples"),
-                "reward_mean": v.get("reward_mean"), "pass_rate": v.get("pass_rate"),
-                "threshold": s.get("threshold"), "keep_fraction": s.get("keep_fraction"),
-                "eligible": s.get("eligible"), "kept": s.get("kept"), "rejected": s.get("rejected"),
-                "trained": t.get("trained"), "steps": t.get("steps"), "learning_rate": t.get("learning_rate"),
-                "loss_first": t.get("loss_first"), "loss_last": t.get("loss_last"),
-                "attempts": {n: st.get("attempt") for n, st in stages.items() if st},
-            }
-            if s.get("why"):
-                row["why"] = s["why"]
-            rows.append(row)
-        return rows
-
-    def execute(self) -> RecipeResult:
-        spec, state = self.spec, self.state
-        attempt = state.start_attempt()
-        self.reward = VerifierReward(spec.verifiers, make_transport(spec.verifier_transport, client_name="trainer-torch-rl"),
-                                     use_cache=spec.verifier_cache, timeout_s=spec.verifier_timeout_s)
-        self.labels = self.reward.labels
-        try:
-            self.reward.check()
-            return self._execute(attempt)
-        finally:
-            self.reward.close()
-
     def _execute(self, attempt: int) -> RecipeResult:
         ctx, spec, state = self.ctx, self.spec, self.state
         assert self.reward is not None
-        first_open = next((k for k in range(1, spec.cycles + 1) if not state.cycle_done(k)), spec.cycles + 1)
-        resumed_step = state.step_before(first_open) if attempt > 1 else None
-        if not self.run.checkpoint_steps():
-            # A marker for "the start": a resume before the first trained cycle keeps the rows logged so far.
-            staged = self.run.staging / "checkpoint-0"
-            staged.mkdir(parents=True, exist_ok=True)
-            (staged / "trainer_state.json").write_text('{"global_step": 0, "raft_cycle": 0}\n')
-            self.run.finalize_checkpoint(staged)
-        ctx.reporter.started(total_steps=None, resumed_from_step=resumed_step,
-                             info={"tokens": state.tokens_before(first_open), "cycles": spec.cycles})
+        resumed_step = self.open_run(attempt)
 
         start_policy = self.load_policy(None, trainable=False)
         trainable, total = parameter_counts(start_policy)
@@ -526,7 +293,6 @@ class Raft:
             state.save()
         del start_policy
 
-        samples_log = SamplesLog(self.run.root / "samples.jsonl")
         if self.prober is not None:
             self.prober.start()
         try:
@@ -535,40 +301,11 @@ class Raft:
                     if self.probe_cycle(k):
                         break
                     continue
-                self.check_stop()
-                policy = None
-                if not state.done(k, "generate"):
-                    policy = self.load_policy(state.policy_before(k), trainable=False)
-                    stats = self.generate(k, policy)
-                    state.mark(k, "generate", **stats)
-                    self.stage_metrics(k, "generate", stats)
-                del policy
-                self.check_stop()
-                if not state.done(k, "verify"):
-                    stats = self.verify(k)
-                    state.mark(k, "verify", **stats)
-                    self.stage_metrics(k, "verify", stats)
-                    self.log_samples(samples_log, k)
-                self.check_stop()
-                if not state.done(k, "select"):
-                    stats = self.select(k)
-                    state.mark(k, "select", **stats)
-                    self.stage_metrics(k, "select", stats)
-                self.check_stop()
-                if not state.done(k, "train"):
-                    stats = self.train_cycle(k)
-                    state.mark(k, "train", **stats)
-                    self.stage_metrics(k, "train", stats)
-                if not state.done(k, "checkpoint"):
-                    state.mark(k, "checkpoint", **self.checkpoint(k))
+                self.run_cycle(k)
                 if self.probe_cycle(k):
                     break
         except Stopped as stop:
-            steps = state.step_before(next((k for k in range(1, spec.cycles + 1) if not state.cycle_done(k)),
-                                           spec.cycles + 1))
-            return RecipeResult(state="cancelled" if stop.reason == "cancelled" else "preempted", steps=steps,
-                                stop_reason=stop.reason, trainable_parameters=trainable, total_parameters=total,
-                                resumed_from_step=resumed_step, extras={"cycles": self.cycle_rows()})
+            return self.stopped_result(stop, trainable, total, resumed_step)
         return self.finish(ev_before, eval_prompts, eval_on, before_samples, trainable, total, resumed_step)
 
     def log_samples(self, samples_log: SamplesLog, k: int) -> None:
@@ -596,18 +333,7 @@ class Raft:
         policy = self.load_policy(final_rel, trainable=True)
         ev_after = evaluate_policy(policy, self.tok, eval_prompts, self.reward, spec, seed=spec.seed)
         extras: dict[str, Any] = eval_summary(ev_before, ev_after, eval_on)
-        rows = self.cycle_rows()
-        extras.update({
-            "cycles": rows,
-            "trained_cycles": sum(1 for r in rows if r.get("trained")),
-            "empty_cycles": sum(1 for r in rows if r.get("kept") == 0),
-            "kept_total": sum(int(r.get("kept") or 0) for r in rows),
-            "rejected_total": dict(sum((Counter(r.get("rejected") or {}) for r in rows), Counter())),
-            "verifiers": [{"label": lab, "name": ref.name, "weight": ref.weight} for lab, ref in
-                          zip(self.reward.labels, self.reward.refs, strict=True)],
-            "verifier_transport": spec.verifier_transport, "raft_attempts": state.attempt,
-            "curriculum": spec.curriculum.strategy, "shaping": spec.shaping.strategy,
-        })
+        extras.update(self.summary_extras())
         if self.prober is not None:
             extras["probe"] = self.prober.summary()
         if spec.sample_prompts and before_samples is not None:
@@ -645,33 +371,6 @@ class Raft:
             outputs["final"] = str(final_dir)
             self.ctx.reporter.artifact("model", "hf", str(final_dir))
         return outputs
-
-
-def verify_stats(samples: list[VerifiedSample], labels: list[str]) -> dict[str, Any]:
-    """Reward statistics of a cycle's verified samples, and per-prompt [samples, successes]."""
-    def mean_std(xs: list[float]) -> tuple[float, float]:
-        m = sum(xs) / len(xs)
-        return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-
-    out: dict[str, Any] = {"verified": len(samples)}
-    totals = [s.total for s in samples if s.total is not None]
-    if totals:
-        out["reward_mean"], out["reward_std"] = mean_std(totals)
-    for lab in labels:
-        xs = [s.rewards.get(lab) for s in samples]
-        vals = [float(x) for x in xs if x is not None]
-        if vals:
-            out[f"reward_{lab}_mean"], out[f"reward_{lab}_std"] = mean_std(vals)
-    if samples:
-        out["pass_rate"] = sum(s.success for s in samples) / len(samples)
-        out["verifier_error_ratio"] = sum(s.total is None for s in samples) / len(samples)
-    per: dict[str, list[int]] = {}
-    for s in samples:
-        acc = per.setdefault(str(s.prompt_index), [0, 0])
-        acc[0] += 1
-        acc[1] += int(s.success)
-    out["per_prompt"] = per
-    return out
 
 
 def train(ctx: JobContext) -> RecipeResult:

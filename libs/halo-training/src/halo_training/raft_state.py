@@ -34,9 +34,9 @@ from typing import Any
 
 from halo_common.files import write_json_atomic, write_jsonl_atomic
 
-from halo_trainer_torch.core.components.curriculum import CycleHistory, PromptOutcome
-from halo_trainer_torch.core.components.rundir import RunDir
-from halo_trainer_torch.core.components.shaping import CycleOutcome
+from halo_training.curriculum import CycleHistory, PromptOutcome
+from halo_training.rundir import RunDir
+from halo_training.shaping import CycleOutcome
 
 STAGES = ("generate", "verify", "select", "train", "checkpoint")
 
@@ -252,3 +252,30 @@ class RaftState:
                                   (v.get("per_prompt") or {}).items()})
             outcomes.append(CycleOutcome(float(v.get("pass_rate", 0.0)), int(s.get("kept", 0))))
         return hist, outcomes
+
+
+def verify_stats(samples: list[VerifiedSample], labels: list[str]) -> dict[str, Any]:
+    """Reward statistics of a cycle's verified samples, and per-prompt [samples, successes]."""
+    def mean_std(xs: list[float]) -> tuple[float, float]:
+        m = sum(xs) / len(xs)
+        return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+
+    out: dict[str, Any] = {"verified": len(samples)}
+    totals = [s.total for s in samples if s.total is not None]
+    if totals:
+        out["reward_mean"], out["reward_std"] = mean_std(totals)
+    for lab in labels:
+        xs = [s.rewards.get(lab) for s in samples]
+        vals = [float(x) for x in xs if x is not None]
+        if vals:
+            out[f"reward_{lab}_mean"], out[f"reward_{lab}_std"] = mean_std(vals)
+    if samples:
+        out["pass_rate"] = sum(s.success for s in samples) / len(samples)
+        out["verifier_error_ratio"] = sum(s.total is None for s in samples) / len(samples)
+    per: dict[str, list[int]] = {}
+    for s in samples:
+        acc = per.setdefault(str(s.prompt_index), [0, 0])
+        acc[0] += 1
+        acc[1] += int(s.success)
+    out["per_prompt"] = per
+    return out
