@@ -2,9 +2,11 @@ import importlib.util
 import json
 import logging
 import platform
+import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from halo_telemetry import sample_all
 from halo_telemetry.samplers import sample_amd, sample_cpu, sample_mlx, sample_nvidia
 from halo_telemetry.setup import JsonFormatter, setup
@@ -97,3 +99,21 @@ def test_spans_are_exported_over_otlp_when_the_endpoint_is_set(tmp_path) -> None
     server.shutdown()
     assert proc.returncode == 0, proc.stderr
     assert received and received[0][0] == "/v1/traces" and received[0][1] > 0
+
+
+def test_metal_utilization_is_read_from_ioreg_performance_statistics() -> None:
+    """The parser on the shape ``ioreg -r -d 1 -w 0 -c IOAccelerator`` prints on Apple silicon (one line of
+    PerformanceStatistics per GPU); the call itself runs on macOS only (no macOS in CI)."""
+    from halo_telemetry.samplers import parse_ioreg_utilization
+
+    line = ('    "PerformanceStatistics" = {"In use system memory"=1207959552,"Renderer Utilization %"=31,'
+            '"Device Utilization %"=37,"Tiler Utilization %"=12}')
+    assert parse_ioreg_utilization(f'+-o AGXAcceleratorG13X  <class AGXAcceleratorG13X>\n{line}\n') == 0.37
+    assert parse_ioreg_utilization('"PerformanceStatistics" = {"In use system memory"=0}') is None
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS reads the real GPU's utilisation")
+def test_no_metal_utilization_off_macos() -> None:
+    from halo_telemetry.samplers import metal_utilization
+
+    assert metal_utilization() is None

@@ -6,6 +6,9 @@ never as 0 — so a dashboard can tell "idle" from "unknown".
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -99,6 +102,29 @@ def sample_amd() -> list[AcceleratorSample]:
     return out
 
 
+_IOREG_UTILIZATION = re.compile(r'"Device Utilization %"\s*=\s*(\d+)')
+
+
+def parse_ioreg_utilization(text: str) -> float | None:
+    """Busy fraction (0..1) of the first Apple GPU in ``ioreg -c IOAccelerator`` output: the
+    ``"Device Utilization %"`` entry of its ``PerformanceStatistics``; None when absent."""
+    m = _IOREG_UTILIZATION.search(text)
+    return min(1.0, int(m.group(1)) / 100.0) if m else None
+
+
+def metal_utilization() -> float | None:
+    """The Apple GPU's utilisation on macOS, read from the IOAccelerator's performance statistics with
+    ``ioreg`` (no root needed, unlike powermetrics); None on other systems or when ioreg fails."""
+    if sys.platform != "darwin":
+        return None
+    try:
+        out = subprocess.run(["ioreg", "-r", "-d", "1", "-w", "0", "-c", "IOAccelerator"], capture_output=True,
+                             text=True, timeout=2).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_ioreg_utilization(out)
+
+
 def sample_mlx() -> list[AcceleratorSample]:
     try:
         import mlx.core as mx  # type: ignore[import-not-found]
@@ -110,7 +136,7 @@ def sample_mlx() -> list[AcceleratorSample]:
     except Exception:
         return []
     total = info.get("memory_size")
-    return [AcceleratorSample("mlx", 0, str(info.get("device_name", "Apple GPU")), None, used,
+    return [AcceleratorSample("mlx", 0, str(info.get("device_name", "Apple GPU")), metal_utilization(), used,
                               float(total) if total else None)]
 
 
