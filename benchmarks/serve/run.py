@@ -8,6 +8,10 @@
 
     .venv/bin/python benchmarks/serve/run.py [--sizes tiny,small] [--tokens 128] [--clients 8] [--no-gguf]
 
+Each row runs ``--rounds`` alternating rounds of direct vs served (which goes first alternates), and the ratio
+printed is the median of the per-round ratios: the direct baseline alone swings by a third between runs on a
+shared 2-core box, so a ratio of two numbers measured minutes apart says little.
+
 Starts a private nats-server, the gateway and serve as processes (halo_testing.ProcessStack), talks
 to them with the official ``openai`` SDK, writes benchmarks/results/serve.json. Serve runs with its
 default settings (``stream_interval_ms`` included).
@@ -25,6 +29,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import openai
@@ -38,38 +43,46 @@ PROMPT = "Once upon a time"
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "serve.json"
 
 
-def direct_tokens_per_s(model_dir: Path, tokens: int, repeats: int) -> float:
-    """transformers generate in-process, greedy, exactly ``tokens`` new tokens (EOS suppressed)."""
+def transformers_direct(model_dir: Path, tokens: int, repeats: int) -> Callable[[], float]:
+    """A measurement of transformers ``generate`` in-process (model loaded once): greedy, exactly ``tokens``
+    new tokens (EOS suppressed); each call returns the best tokens/s of ``repeats`` generations."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     ids = tok(PROMPT, return_tensors="pt")["input_ids"]
     eos = [tok.eos_token_id]
-    best = 0.0
     with torch.inference_mode():
         model.generate(ids, max_new_tokens=8, do_sample=False, suppress_tokens=eos)  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = model.generate(ids, max_new_tokens=tokens, do_sample=False, suppress_tokens=eos)
-            dt = time.perf_counter() - t0
-            best = max(best, (out.shape[1] - ids.shape[1]) / dt)
-    return best
+
+    def measure() -> float:
+        best = 0.0
+        with torch.inference_mode():
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                out = model.generate(ids, max_new_tokens=tokens, do_sample=False, suppress_tokens=eos)
+                best = max(best, (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t0))
+        return best
+
+    return measure
 
 
-def llamacpp_tokens_per_s(gguf: Path, tokens: int, repeats: int) -> float:
-    """llama-cpp-python's own completion in-process with its default threads, greedy, ``tokens``
-    new tokens (EOS banned)."""
+def llamacpp_direct(gguf: Path, tokens: int, repeats: int) -> Callable[[], float]:
+    """A measurement of llama-cpp-python's own completion in-process (its default threads, model loaded
+    once): greedy, ``tokens`` new tokens (EOS banned); each call returns the best tokens/s of ``repeats``."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), n_ctx=2048, seed=0, verbose=False)
     ban = {llm.token_eos(): -1e9}
-    best = 0.0
     llm.create_completion(PROMPT, max_tokens=8, temperature=0.0, logit_bias=ban)  # warm-up
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0, logit_bias=ban)
-        best = max(best, out["usage"]["completion_tokens"] / (time.perf_counter() - t0))
-    llm.close()
-    return best
+
+    def measure() -> float:
+        best = 0.0
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0, logit_bias=ban)
+            best = max(best, out["usage"]["completion_tokens"] / (time.perf_counter() - t0))
+        return best
+
+    return measure
 
 
 async def one_stream(client: openai.AsyncOpenAI, tokens: int, model: str = "bench") -> tuple[int, float, float]:
@@ -131,7 +144,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="tiny,small", help="tiny-model kit sizes for the transformers rows")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="generations per side per round (the best counts)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of direct vs serve per row")
     ap.add_argument("--no-gguf", action="store_true", help="skip the llama.cpp row")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -148,25 +162,35 @@ def main() -> None:
         else:
             gguf = export_gguf(dirs[sizes[-1]], root)
 
-    # Direct baselines first, with the machine to themselves.
     rows: list[dict] = []
+    direct: dict[str, Callable[[], float]] = {}
     for size, d in dirs.items():
         rows.append({"backend": "transformers", "model": f"tiny-kit {size} llama", "id": f"bench-{size}",
-                     "direct_tokens_per_s": direct_tokens_per_s(d, args.tokens, args.repeats),
                      "baseline": "transformers generate (1 thread)"})
+        direct[f"bench-{size}"] = transformers_direct(d, args.tokens, args.repeats)
     if gguf is not None:
         rows.append({"backend": "llamacpp", "model": f"{sizes[-1]} llama, f32 GGUF", "id": "bench-gguf",
-                     "direct_tokens_per_s": llamacpp_tokens_per_s(gguf, args.tokens, args.repeats),
                      "baseline": "llama-cpp-python create_completion"})
+        direct["bench-gguf"] = llamacpp_direct(gguf, args.tokens, args.repeats)
 
     models = [f"{r['id']}={p}" for r, p in zip(rows, [*dirs.values(), gguf], strict=False) if p is not None]
     env = {"HALO_SERVE_PORT": str(free_port()), "HALO_SERVE_MODELS": json.dumps(models),
            "HALO_SERVE_MAX_BATCH_SIZE": str(max(8, args.clients))}
     stack = ProcessStack(root, ["halo_gateway", "halo_serve"], ready={"serve"}, env=env)
     try:
+        # Alternating rounds (which side goes first alternates too), so drift in the machine's speed (CPU
+        # frequency, other processes) hits both sides: the ratio is the median of the per-round ratios.
         for r in rows:
-            r["serve_tokens_per_s"] = asyncio.run(single_stream(stack.url, r["id"], args.tokens, args.repeats))
-            r["ratio"] = r["serve_tokens_per_s"] / r["direct_tokens_per_s"]
+            ds, ss = [], []
+            for k in range(args.rounds):
+                for side in (("direct", "serve") if k % 2 == 0 else ("serve", "direct")):
+                    if side == "direct":
+                        ds.append(direct[r["id"]]())
+                    else:
+                        ss.append(asyncio.run(single_stream(stack.url, r["id"], args.tokens, args.repeats)))
+            r["direct_tokens_per_s"], r["serve_tokens_per_s"] = statistics.median(ds), statistics.median(ss)
+            r["round_ratios"] = [s_ / d_ for s_, d_ in zip(ss, ds, strict=True)]
+            r["ratio"] = statistics.median(r["round_ratios"])
         conc = asyncio.run(concurrency(stack.url, rows[0]["id"], args.tokens, args.clients))
     finally:
         stack.close()
@@ -177,11 +201,12 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"(a) single stream, {args.tokens} tokens, greedy; target ratio >= 0.9")
+    print(f"(a) single stream, {args.tokens} tokens, greedy; median of {args.rounds} alternating rounds (tokens/s and "
+          "the per-round ratio); target ratio >= 0.9")
     print(f"{'backend':<13}{'model':<28}{'direct tok/s':>13}{'serve tok/s':>13}{'ratio':>8}  baseline")
     for r in rows:
         print(f"{r['backend']:<13}{r['model']:<28}{r['direct_tokens_per_s']:>13.1f}{r['serve_tokens_per_s']:>13.1f}"
-              f"{r['ratio']:>8.2f}  {r['baseline']}")
+              f"{r['ratio']:>8.2f}  {r['baseline']}; rounds " + ", ".join(f"{x:.2f}" for x in r["round_ratios"]))
     print(f"\n(b) {args.clients} clients on {rows[0]['model']} (transformers); target >= 3x")
     print(f"{args.clients} sequential   {conc['sequential_tokens_per_s']:8.1f} tok/s")
     print(f"{args.clients} concurrent   {conc['concurrent_tokens_per_s']:8.1f} tok/s  speedup {conc['speedup']:.2f}x")

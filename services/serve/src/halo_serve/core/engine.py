@@ -213,7 +213,11 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
 
 
 class RequestStream:
-    """Async iterator of a request's :class:`SeqOutput`; ``cancel()`` stops its sequences."""
+    """Async iterator of a request's :class:`SeqOutput`; ``cancel()`` stops its sequences.
+
+    The engine thread hands outputs over with :meth:`deliver`; the event loop is woken only when the consumer
+    waits for them — not while it holds a chunk back for the stream interval (then only a finish or an error
+    wakes it), so a fast model does not pay a loop wake-up per token on top of its step."""
 
     def __init__(self, engine: Engine, request_id: str, n: int, loop: asyncio.AbstractEventLoop,
                  interval_s: float = 0.0) -> None:
@@ -222,7 +226,6 @@ class RequestStream:
         self.request_id = request_id
         self.n = n
         self.loop = loop
-        self.queue: asyncio.Queue[list[SeqOutput] | BaseException] = asyncio.Queue()
         self.open = n
         self.prompt_tokens = 0
         self.submitted_at = time.monotonic()
@@ -230,10 +233,58 @@ class RequestStream:
         self.token_times: list[float] = []  # engine time each token was produced (server-side trace)
         self.engine_open = n  # choices the engine has not finished yet
         self.finished_at: float | None = None  # when the engine produced the last token
+        self._lock = threading.Lock()  # guards the fields below (the engine thread and the loop share them)
+        self._pending: deque[list[SeqOutput] | BaseException] = deque()
+        self._final_pending = False  # a finish or an error is among the pending items
+        self._wake: asyncio.Future[None] | None = None  # set while the consumer waits
+        self._quiet_until = 0.0  # time.monotonic() before which only a finish or an error wakes it
+        self._wake_sent = False
 
     def deliver(self, items: list[SeqOutput] | BaseException) -> None:
         """Called from the engine thread."""
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, items)
+        final = isinstance(items, BaseException) or any(o.finish_reason is not None for o in items)
+        with self._lock:
+            self._pending.append(items)
+            self._final_pending = self._final_pending or final
+            if self._wake is None or self._wake_sent or (not final and time.monotonic() < self._quiet_until):
+                return
+            self._wake_sent = True
+            wake = self._wake
+        self.loop.call_soon_threadsafe(_set_done, wake)
+
+    async def _wait(self, quiet_until: float | None = None) -> None:
+        """Until something is pending; with ``quiet_until``, until a finish or an error is pending or that
+        time (``time.monotonic()``) has come."""
+        with self._lock:
+            if self._pending and (quiet_until is None or self._final_pending):
+                return
+            if quiet_until is not None and time.monotonic() >= quiet_until:
+                return
+            wake = self._wake = self.loop.create_future()
+            self._wake_sent = False
+            self._quiet_until = quiet_until or 0.0
+        try:
+            if quiet_until is None:
+                await wake
+            else:
+                await asyncio.wait_for(wake, max(0.0, quiet_until - time.monotonic()))
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._wake, self._quiet_until = None, 0.0
+
+    def _take(self) -> tuple[list[SeqOutput], BaseException | None]:
+        """Every pending output in order, and the error that came after them (if one did)."""
+        out: list[SeqOutput] = []
+        with self._lock:
+            while self._pending:
+                item = self._pending.popleft()
+                if isinstance(item, BaseException):
+                    return out, item  # nothing is delivered after an error
+                out.extend(item)
+            self._final_pending = False
+        return out, None
 
     def __aiter__(self) -> AsyncIterator[SeqOutput]:
         return self._iter()
@@ -242,34 +293,21 @@ class RequestStream:
         sent_at = -float("inf")
         try:
             while self.open > 0:
-                items = await self.queue.get()
-                if isinstance(items, BaseException):
-                    raise items
-                # Within the stream interval of the last chunk, the next steps' tokens join this one;
-                # a finish (or an error) ends the wait at once.
-                deadline = sent_at + self.interval_s
-                while not any(o.finish_reason for o in items) and (wait := deadline - self.loop.time()) > 0:
-                    try:
-                        more = await asyncio.wait_for(self.queue.get(), wait)
-                    except TimeoutError:
-                        break
-                    if isinstance(more, BaseException):
-                        self.queue.put_nowait(more)
-                        break
-                    items = items + more
-                # Outputs that piled up while the consumer was busy (a slow client, a loaded host) leave as
-                # one group per choice: the per-chunk cost (JSON, SSE, two HTTP hops) is paid once, not per token.
-                while not self.queue.empty():
-                    more = self.queue.get_nowait()
-                    if isinstance(more, BaseException):
-                        self.queue.put_nowait(more)  # raised on the next round, after what came before it
-                        break
-                    items = items + more
+                await self._wait()
+                # Within the stream interval of the last chunk, the next steps' tokens join this one; a finish
+                # (or an error) ends the wait at once. Outputs that piled up while the consumer was busy (a
+                # slow client, a loaded host) leave together too: one group per choice, so the per-chunk cost
+                # (JSON, SSE, two HTTP hops) is paid once, not per token.
+                if time.monotonic() < sent_at + self.interval_s:
+                    await self._wait(quiet_until=sent_at + self.interval_s)
+                items, error = self._take()
                 for out in _coalesce(items) if len(items) > 1 else items:
                     if out.finish_reason is not None:
                         self.open -= 1
                     yield out
-                sent_at = self.loop.time()
+                if error is not None:
+                    raise error
+                sent_at = time.monotonic()
         finally:
             if self.open > 0:
                 self.cancel()
@@ -278,6 +316,11 @@ class RequestStream:
         """Stop every sequence of this request (client gone); frees their batch slots."""
         self.open = 0
         self.engine.cancel(self.request_id, self.n)
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _coalesce(items: list[SeqOutput]) -> list[SeqOutput]:
