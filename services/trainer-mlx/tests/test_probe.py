@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from halo_schemas.eval import ProbeJobSpec
 from halo_schemas.jobs import JobState
+from halo_testing.probe import ScriptedJudge
 from halo_trainer_mlx.core.runner import run_job
 from halo_training import probe as probe_lib
 from safetensors.numpy import load_file
@@ -22,24 +22,10 @@ from safetensors.numpy import load_file
 TASK = "halo_arith_mc"
 
 
-class ScriptedJudge:
-    """The base scores 0.8; a probed checkpoint passes below ``regress_from`` steps, then scores 0.1."""
-
-    def __init__(self, regress_from: int) -> None:
-        self.regress_from = regress_from
-        self.jobs: list[ProbeJobSpec] = []
-
-    def __call__(self, spec: ProbeJobSpec) -> dict[str, Any]:
-        self.jobs.append(spec)
-        value = 0.1 if spec.step >= self.regress_from else 0.8
-        regressed = [{"task": TASK, "baseline": 0.8, "value": value}] if spec.baseline_scores and value < 0.5 else []
-        return {"tasks": {TASK: {"value": value}}, "probe": {"ok": not regressed, "regressed": regressed, "missing": []}}
-
-
 @pytest.fixture
 def judge(monkeypatch: pytest.MonkeyPatch) -> Any:
     def use(regress_from: int) -> ScriptedJudge:
-        j = ScriptedJudge(regress_from)
+        j = ScriptedJudge(regress_from, TASK)
         monkeypatch.setattr(probe_lib, "bus_submitter", lambda reporter, timeout_s: j)
         return j
     return use

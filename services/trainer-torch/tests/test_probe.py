@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from halo_schemas.eval import ProbeJobSpec
 from halo_schemas.jobs import JobState
+from halo_testing.probe import ScriptedJudge
 from halo_trainer_torch.core.components import probe as probe_module
 from halo_trainer_torch.core.runner import run_job
 from safetensors.torch import load_file
@@ -23,26 +23,10 @@ from .test_recipes import _spec
 PROBE_TASK = "halo_arith_mc"
 
 
-class ScriptedJudge:
-    """Answers probe jobs as the eval service would (a summary with tasks and a probe verdict): the base
-    model scores 0.8; a probed checkpoint or policy passes until ``regress_from`` steps, then scores 0.1."""
-
-    def __init__(self, regress_from: int) -> None:
-        self.regress_from = regress_from
-        self.jobs: list[ProbeJobSpec] = []
-
-    def __call__(self, spec: ProbeJobSpec) -> dict[str, Any]:
-        self.jobs.append(spec)
-        value = 0.1 if spec.step >= self.regress_from else 0.8
-        regressed = [{"task": PROBE_TASK, "baseline": 0.8, "value": value}] if spec.baseline_scores and value < 0.5 else []
-        return {"tasks": {PROBE_TASK: {"value": value}}, "probe": {"ok": not regressed, "regressed": regressed,
-                                                                    "missing": []}}
-
-
 @pytest.fixture
 def judge(monkeypatch: pytest.MonkeyPatch) -> Any:
     def use(regress_from: int) -> ScriptedJudge:
-        j = ScriptedJudge(regress_from)
+        j = ScriptedJudge(regress_from, PROBE_TASK)
         monkeypatch.setattr(probe_module, "bus_submitter", lambda reporter, timeout_s: j)
         return j
     return use
