@@ -44,3 +44,13 @@ def samples_before(ctx: JobContext, model: Any, tokenizer: Any) -> list[str] | N
         answers = generate_samples(model, tokenizer, prompts, ctx.spec.sample_max_new_tokens)
         ctx.run.write_json(name, answers)
     return [str(a) for a in answers]
+
+
+def before_after(ctx: JobContext, model: Any, tokenizer: Any, before: list[str] | None) -> list[dict[str, str]] | None:
+    """The summary's ``samples`` rows (prompt, before, after) with ``model``'s answers now; None when the
+    spec has no ``sample_prompts`` or the answers before training are missing."""
+    prompts = ctx.spec.sample_prompts
+    if not prompts or before is None:
+        return None
+    after = generate_samples(model, tokenizer, prompts, ctx.spec.sample_max_new_tokens)
+    return [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before, after, strict=True)]

@@ -51,7 +51,7 @@ from halo_trainer_mlx.core.model import (
 )
 from halo_trainer_mlx.core.recipes import grpo
 from halo_trainer_mlx.core.recipes.sft import SFTTask
-from halo_trainer_mlx.core.samples import generate_samples, samples_before
+from halo_trainer_mlx.core.samples import before_after, samples_before
 from halo_trainer_mlx.core.schedule import lr_factor, total_steps, warmup_steps
 
 register_rl_formats("grpo", "raft")
@@ -232,10 +232,9 @@ class Raft(RaftCycles):
             extras["eval_reward_gain"] = after - before
         extras.update(self.summary_extras())
         extras["generation"] = "mlx"
-        if spec.sample_prompts and before_samples is not None:
-            after_samples = generate_samples(policy, self.tok, spec.sample_prompts, spec.sample_max_new_tokens)
-            extras["samples"] = [{"prompt": p, "before": b, "after": a}
-                                 for p, b, a in zip(spec.sample_prompts, before_samples, after_samples, strict=True)]
+        samples = before_after(self.ctx, policy, self.tok, before_samples)
+        if samples is not None:
+            extras["samples"] = samples
         outputs = export_model(self.ctx, policy, config) if final_rel is not None else {}
         updated = final_rel is not None and _fingerprint(policy) != state.data.get("start_fingerprint")
         return RecipeResult(state="succeeded", steps=steps, total_steps=steps, weights_updated=updated,

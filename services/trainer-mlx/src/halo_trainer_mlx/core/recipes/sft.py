@@ -30,7 +30,7 @@ from halo_trainer_mlx.core.model import (
     load_model,
     load_tokenizer,
 )
-from halo_trainer_mlx.core.samples import generate_samples, samples_before
+from halo_trainer_mlx.core.samples import before_after, samples_before
 
 
 def encoder(spec: SFTSpec, tokenizer: Any, fmt: str) -> SFTEncoder:
@@ -128,9 +128,8 @@ def train(ctx: JobContext) -> RecipeResult:
     if result.state != "succeeded":
         return result
     model.eval()
-    if spec.sample_prompts and before is not None:
-        after = generate_samples(model, tok, spec.sample_prompts, spec.sample_max_new_tokens)
-        result.extras["samples"] = [{"prompt": p, "before": b, "after": a}
-                                    for p, b, a in zip(spec.sample_prompts, before, after, strict=True)]
+    samples = before_after(ctx, model, tok, before)
+    if samples is not None:
+        result.extras["samples"] = samples
     result.outputs = export_model(ctx, model, adapter_config)
     return result
