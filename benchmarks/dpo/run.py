@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/dpo/run.py            # ~25M-parameter model, 2 rounds (~6-10 minutes on 2 CPU cores)
     python benchmarks/dpo/run.py --quick    # few pairs, one round (a smoke run)
+    python benchmarks/dpo/run.py --padded   # adds ours with padded batches (share_prompt off): the layout's share
 
 Both sides train a LoRA adapter (rank 16, alpha 32, dropout 0.05, every linear layer but the head) on the
 ~25M-parameter Llama of the halo-models kit (``small`` preset, random weights) with the sigmoid DPO loss
@@ -13,7 +14,8 @@ learning rate, linear schedule without warmup, batch size (pairs per optimizer s
 
 * **ours** — ``halo_trainer_torch.core.runner.run_job("dpo", spec)`` (the recipe the trainer service runs),
   in its own process, with the trainer's per-backend defaults (float32 on a CPU without native bf16, no
-  gradient checkpointing on CPU);
+  gradient checkpointing on CPU) and its default shared-prompt batches (each prompt runs once, pairs packed
+  without padding; the same log-probs as padded batches);
 * **TRL** — ``DPOTrainer`` tuned the same way: the same LoRA config through ``peft_config``, no gradient
   checkpointing, the same dtype policy, ``padding_free=False`` (sdpa on CPU has no varlen kernel),
   reference = the adapter disabled (TRL's default for a PEFT model), in its own process.
@@ -66,14 +68,14 @@ def make_pairs(model: str, out: Path, n: int, seed: int = 0) -> Path:
 
 
 # ---- the two sides, each run as its own process (python run.py --side ours|trl ...) ----------------------
-def side_ours(a: argparse.Namespace) -> dict[str, Any]:
+def side_ours(a: argparse.Namespace, share_prompt: bool = True) -> dict[str, Any]:
     from halo_schemas.jobs import JobState
     from halo_trainer_torch.core.runner import run_job
 
     spec = {"model": a.model, "data": {"train": a.data}, "finetune": "lora", "lora": LORA, "loss_type": "sigmoid",
             "beta": 0.1, "learning_rate": a.lr, "batch_size": a.batch_size, "max_length": a.max_length, "epochs": 1,
             "lr_scheduler": "linear", "warmup_ratio": 0.0, "checkpoint_every_steps": 100000, "seed": 42,
-            "log_every_steps": 1}
+            "log_every_steps": 1, "share_prompt": share_prompt}
     run = Path(a.out) / "run"
     s = run_job("dpo", spec, run)
     if s.state != JobState.SUCCEEDED:
@@ -83,7 +85,8 @@ def side_ours(a: argparse.Namespace) -> dict[str, Any]:
     first, last = rows[0], rows[-1]
     return {"seconds_per_step": (last["ts"] - first["ts"]) / (last["step"] - first["step"]), "steps": s.steps,
             "loss_last": s.loss_last, "reward_accuracy": s.extras.get("reward_accuracy"),
-            "model_flops_per_second": s.model_flops_per_second, "mfu": s.mfu}
+            "model_flops_per_second": s.model_flops_per_second, "mfu": s.mfu,
+            "batch_layout": s.extras.get("batch_layout")}
 
 
 def side_trl(a: argparse.Namespace) -> dict[str, Any]:
@@ -148,13 +151,16 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4, help="Pairs per optimizer step (both sides).")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--side", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    p.add_argument("--padded", action="store_true",
+                   help="Also run ours with padded batches (share_prompt off), to show what the layout is worth.")
+    p.add_argument("--side", choices=("ours", "ours-padded", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.side:
-        print(json.dumps(side_ours(a) if a.side == "ours" else side_trl(a), default=str))
+        sides = {"ours": side_ours, "ours-padded": lambda x: side_ours(x, share_prompt=False), "trl": side_trl}
+        print(json.dumps(sides[a.side](a), default=str))
         return
 
     from halo_models.tiny import make_tiny_cached
@@ -168,13 +174,14 @@ def main() -> None:
         data = make_pairs(model, work, pairs)
         print(f"DPO sigmoid + LoRA r{LORA['rank']} · {pairs} pairs, batch {a.batch_size} · load average "
               f"{os.getloadavg()[0]:.1f}", flush=True)
-        results: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
+        names = ("ours", "trl", "ours-padded") if a.padded else ("ours", "trl")
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for i in range(rounds):
-            for side in (("ours", "trl") if i % 2 == 0 else ("trl", "ours")):
+            for side in (names if i % 2 == 0 else names[::-1]):
                 t0 = time.monotonic()
                 res = run_side(side, model, data, work, a)
                 results[side].append(res)
-                print(f"round {i + 1} {side:4s}: {res['seconds_per_step']:.3f} s/step · {res['steps']} steps · "
+                print(f"round {i + 1} {side:11s}: {res['seconds_per_step']:.3f} s/step · {res['steps']} steps · "
                       f"{time.monotonic() - t0:.0f}s wall · load {res['load_avg'][0]:.1f}", flush=True)
     ours = statistics.median(r["seconds_per_step"] for r in results["ours"])
     trl = statistics.median(r["seconds_per_step"] for r in results["trl"])
@@ -189,6 +196,9 @@ def main() -> None:
     mfu = results["ours"][-1].get("mfu")
     if mfu is not None:
         print(f"ours: MFU {mfu:.1%}")
+    if a.padded:
+        padded = statistics.median(r["seconds_per_step"] for r in results["ours-padded"])
+        print(f"shared-prompt batches / padded: {padded / ours:.2f}x; TRL / ours padded: {trl / padded:.2f}x")
     print(f"step time, TRL DPOTrainer / ours: {ratio:.2f}x  [target >= {TARGET}x] {'PASS' if ok else 'MISS'}  "
           f"({time.monotonic() - started:.0f}s in all)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +206,7 @@ def main() -> None:
         "benchmark": "dpo", "ratio": ratio, "round_ratios": rounds_r, "target": TARGET, "met": ok,
         "ours": {"seconds_per_step": ours, "runs": results["ours"]},
         "trl": {"seconds_per_step": trl, "runs": results["trl"]},
+        **({"ours_padded": {"runs": results["ours-padded"]}} if a.padded else {}),
         "pairs": pairs, "batch_size": a.batch_size, "max_length": a.max_length, "lr": a.lr, "lora": LORA,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

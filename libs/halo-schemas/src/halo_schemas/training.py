@@ -244,7 +244,21 @@ class SFTSpec(TrainSpecBase):
     )
 
 
-class DPOSpec(TrainSpecBase):
+class PreferenceSpecBase(TrainSpecBase):
+    """Options every pairwise preference objective (DPO, ORPO) shares."""
+
+    disable_dropout: bool = Field(
+        default=True, description="Train with every dropout off (the adapter's included), as TRL does for preference "
+        "objectives: the loss compares log-probs of the policy in training mode with a reference (or the other "
+        "completion), and dropout would make that difference noise. It is also a large part of a CPU step.")
+    share_prompt: bool = Field(
+        default=True, description="Run each pair's prompt once: chosen and rejected both attend to one copy of it "
+        "and pairs are packed without padding. The log-probs are those of padded batches; the step does less work "
+        "(1.3-1.6x faster on CPU). Needs sdpa or eager attention without a sliding window shorter than max_length; "
+        "otherwise, and on trainer-mlx, batches are padded (the run's summary says which: batch_layout).")
+
+
+class DPOSpec(PreferenceSpecBase):
     """Direct preference optimisation on chosen/rejected pairs."""
 
     schema_id = "halo.spec.dpo.v1"
@@ -266,10 +280,6 @@ class DPOSpec(TrainSpecBase):
         default=None,
         description="Reference model id or path. Default: the base model (adapters: the base with the adapter disabled).",
     )
-    disable_dropout: bool = Field(
-        default=True, description="Train with every dropout off (the adapter's included), as TRL does for preference "
-        "objectives: the loss compares log-probs of the policy in training mode with a reference (or the other "
-        "completion), and dropout would make that difference noise. It is also a large part of a CPU step.")
 
     def model_refs(self) -> list[tuple[str, str]]:
         return super().model_refs() + ([("ref_model", self.ref_model)] if self.ref_model else [])
@@ -283,16 +293,12 @@ class DPOSpec(TrainSpecBase):
         return self
 
 
-class ORPOSpec(TrainSpecBase):
+class ORPOSpec(PreferenceSpecBase):
     """Odds-ratio preference optimisation: SFT on chosen plus an odds-ratio penalty, no reference model."""
 
     schema_id = "halo.spec.orpo.v1"
 
     beta: float = Field(default=0.1, gt=0, description="Weight lambda of the odds-ratio term.")
-    disable_dropout: bool = Field(
-        default=True, description="Train with every dropout off (the adapter's included), as TRL does for preference "
-        "objectives: the loss compares log-probs of the policy in training mode with a reference (or the other "
-        "completion), and dropout would make that difference noise. It is also a large part of a CPU step.")
 
 
 class RewardModelSpec(TrainSpecBase):

@@ -5,6 +5,10 @@ reference-free mode, ORPO in the stable API) while reusing TRL's pieces: the pre
 and rejected in one padded batch) and the fused LM head (per-token log-probs without materialising the
 vocabulary-sized logits).
 
+Batches use the shared-prompt layout (:class:`~.batching.SharedPromptCollator`: each prompt runs once, no
+padding) where the model's attention takes a custom mask (:func:`shared_prompt_unsupported` says when it
+cannot), TRL's padded preference batches otherwise; the log-probs are the same either way.
+
 The reference model is, in order: none (reference-free DPO and ORPO), the policy with its adapter
 disabled (LoRA/DoRA/rsLoRA/QLoRA with no explicit reference), or a separate frozen model.
 """
@@ -12,6 +16,7 @@ disabled (LoRA/DoRA/rsLoRA/QLoRA with no explicit reference), or a separate froz
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -21,13 +26,34 @@ from transformers import Trainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
+from halo_trainer_torch.core.components.batching import SharedPromptCollator
 from halo_trainer_torch.core.components.hooks import HaloTrainerMixin
 from halo_trainer_torch.core.components.losses import PreferenceLossOutput
 from halo_trainer_torch.core.components.model import is_peft
 
+log = logging.getLogger("halo_trainer_torch")
+
 #: objective(chosen_logps, rejected_logps, ref_chosen_logps | None, ref_rejected_logps | None,
 #:           chosen_lengths, rejected_lengths) -> PreferenceLossOutput
 Objective = Callable[..., PreferenceLossOutput]
+
+
+def shared_prompt_unsupported(config: Any, max_length: int | None) -> str | None:
+    """Why ``config``'s model cannot run the shared-prompt layout exactly, or None when it can.
+
+    The layout needs a custom 4D attention mask, which transformers' sdpa and eager attention take as given;
+    flash / flex kernels take none, and a sliding window or non-attention layers would not see it.
+    """
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager"):
+        return f"attention implementation {impl!r} takes no custom mask (sdpa and eager do)"
+    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"}:
+        return f"layer types {sorted(kinds)} (only full-attention layers see a custom mask)"
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and (max_length is None or window < max_length):
+        return f"sliding window {window} is shorter than max_length {max_length}"
+    return None
 
 
 class PreferenceTrainer(HaloTrainerMixin, Trainer):
@@ -42,7 +68,7 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
     def __init__(self, *, model: Any, args: Any, train_dataset: Any, eval_dataset: Any, tokenizer: Any,
                  objective: Objective, reference: str = "none", ref_model: Any = None,
                  callbacks: list[Any] | None = None, max_length: int | None = None,
-                 disable_dropout: bool = True) -> None:
+                 disable_dropout: bool = True, share_prompt: bool = True) -> None:
         if reference not in ("none", "adapter", "model"):
             raise ValueError(f"unknown reference mode {reference!r}")
         if reference == "adapter" and not is_peft(model):
@@ -56,7 +82,20 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
                 disable_dropout_in_model(ref_model)
         if is_peft(model) and args.gradient_checkpointing:
             model.enable_input_require_grads()
-        collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=max_length)
+        base = model.get_base_model() if is_peft(model) else model
+        why_not = shared_prompt_unsupported(base.config, max_length) if share_prompt else "share_prompt is off"
+        if why_not is None and ref_model is not None:
+            why_not = shared_prompt_unsupported(ref_model.config, max_length)
+        #: None when batches use the shared-prompt layout, else why they are padded.
+        self.padded_because = why_not
+        if why_not is not None and share_prompt:
+            log.warning("preference batches are padded (each prompt runs twice): %s", why_not)
+        if why_not is None:
+            # A pair is at most two sequences of max_length; rows of two such pairs keep attention local.
+            capacity = 4 * max_length if max_length else 4096
+            collator: Any = SharedPromptCollator(pad_token_id=tokenizer.pad_token_id, row_capacity=capacity)
+        else:
+            collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=max_length)
         super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks)
         self.objective = objective
@@ -68,14 +107,22 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
                 p.requires_grad_(False)
             add_fused_lm_head(ref_model)
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    @property
+    def batch_layout(self) -> str:
+        """"shared_prompt" or "padded" (recorded in the run summary)."""
+        return "shared_prompt" if self.padded_because is None else "padded"
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
             self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids"]
 
     def _sequence_logps(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed completion log-probs and completion lengths for the 2B sequences of the batch."""
+        """Summed completion log-probs and completion lengths for the 2B sequences of the batch (chosen
+        first, then rejected)."""
+        if "sequence_index" in inputs:
+            return self._shared_prompt_logps(model, inputs)
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
@@ -83,6 +130,20 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
         shift_mask = completion_mask[:, 1:]
         per_token = out.log_probs[:, -shift_mask.size(1):]
         return per_token.sum(dim=1), shift_mask.sum(dim=1)
+
+    def _shared_prompt_logps(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = inputs["attention_mask"]
+        if getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) == "eager":
+            # eager attention adds its mask to the scores: allowed 0, masked the dtype's minimum
+            mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
+                ~mask, torch.finfo(torch.float32).min)
+        out = model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"],
+                    shift_labels=inputs["shift_labels"], fused_lm_head=True, use_cache=False)
+        index = inputs["sequence_index"]
+        scored = index >= 0
+        sequences = 2 * inputs["num_pairs"]
+        logps = out.log_probs.new_zeros(sequences).index_add(0, index[scored], out.log_probs[scored])
+        return logps, torch.bincount(index[scored], minlength=sequences)
 
     @contextlib.contextmanager
     def _reference_context(self) -> Any:
@@ -110,19 +171,20 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
         return (loss, out) if return_outputs else loss
 
     def _record(self, mode: str, out: PreferenceLossOutput, chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> None:
+        # Kept as device tensors: reading them (a host sync each on a GPU) waits for log(), once per log row.
         g = self.accelerator.gather_for_metrics
-        c, r = g(out.chosen_rewards), g(out.rejected_rewards)
+        c, r = g(out.chosen_rewards).detach(), g(out.rejected_rewards).detach()
         m = self._metrics[mode]
-        m["reward_chosen"].append(c.mean().item())
-        m["reward_rejected"].append(r.mean().item())
-        m["reward_accuracy"].append((c > r).float().mean().item())
-        m["reward_margin"].append((c - r).mean().item())
-        m["logps_chosen"].append(g(chosen_logps).mean().item())
-        m["logps_rejected"].append(g(rejected_logps).mean().item())
+        m["reward_chosen"].append(c.mean())
+        m["reward_rejected"].append(r.mean())
+        m["reward_accuracy"].append((c > r).float().mean())
+        m["reward_margin"].append((c - r).mean())
+        m["logps_chosen"].append(g(chosen_logps).mean())
+        m["logps_rejected"].append(g(rejected_logps).mean())
         for extra in ("nll", "log_odds_ratio", "log_odds"):
             value = getattr(out, extra, None)
             if value is not None:
-                m[extra].append(g(value).mean().item())
+                m[extra].append(g(value).detach().mean())
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: list[str] | None = None) -> tuple[Any, Any, Any]:
@@ -133,7 +195,9 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        kept = {k: v for k, v in self._metrics[mode].items() if v}
+        means = torch.stack([torch.stack(v).float().mean() for v in kept.values()]).tolist() if kept else []
+        metrics = dict(zip(kept, means, strict=True))
         if mode == "eval":
             metrics = {f"eval_{k}": v for k, v in metrics.items()}
         logs.update(metrics)

@@ -105,11 +105,11 @@ def train(ctx: JobContext) -> RecipeResult:
     trainer = PreferenceTrainer(
         model=model, args=TrainingArguments(**training_kwargs(ctx)), train_dataset=train_ds, eval_dataset=eval_ds,
         tokenizer=tok, objective=objective_for(spec), reference=mode, ref_model=ref, callbacks=[callback],
-        disable_dropout=spec.disable_dropout,
+        disable_dropout=spec.disable_dropout, share_prompt=spec.share_prompt, max_length=spec.max_length,
     )
 
     def extras(_t: Any, _e: dict[str, float]) -> dict[str, Any]:
-        return {**counts, "loss_type": spec.loss_type, "beta": spec.beta, "reference": mode,
+        return {**counts, "batch_layout": trainer.batch_layout, "loss_type": spec.loss_type, "beta": spec.beta, "reference": mode,
                 **_last_logged(ctx, ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected"))}
 
     prompts = [len(x) for x in train_ds["prompt_ids"]]

@@ -55,11 +55,11 @@ def train(ctx: JobContext) -> RecipeResult:
     trainer = PreferenceTrainer(
         model=model, args=TrainingArguments(**training_kwargs(ctx)), train_dataset=train_ds, eval_dataset=eval_ds,
         tokenizer=tok, objective=objective_for(spec), reference="none", callbacks=[callback],
-        disable_dropout=spec.disable_dropout,
+        disable_dropout=spec.disable_dropout, share_prompt=spec.share_prompt, max_length=spec.max_length,
     )
 
     def extras(_t: Any, _e: dict[str, float]) -> dict[str, Any]:
-        return {**counts, "beta": spec.beta,
+        return {**counts, "batch_layout": trainer.batch_layout, "beta": spec.beta,
                 **dpo._last_logged(ctx, ("reward_accuracy", "reward_margin", "log_odds_ratio", "nll"))}
 
     return train_and_export(ctx, trainer, callback, model, tok, before=before, extras=extras)
