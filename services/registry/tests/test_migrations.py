@@ -49,7 +49,7 @@ def test_first_migration_upgrades_to_head_with_data_intact(registry_db: Registry
     assert "metric_stats" not in inspect(engine).get_table_names()
 
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == migrate.head_revision() == "0007"
+    assert migrate.current_revision(engine) == migrate.head_revision() == "0008"
     with engine.connect() as conn:  # 0003 backfilled the 64-step rollup blocks from the points
         rollups = conn.execute(text(
             "SELECT r.run_id, n.name, m.bucket, m.n, m.vsum, m.vmin, m.vmax, m.first_step FROM metric_rollups m "
@@ -114,3 +114,45 @@ def test_migrations_build_exactly_the_tables_the_queries_use(registry_db: Regist
 def test_postgres_urls_use_psycopg(url: str, tmp_path) -> None:  # noqa: ANN001
     assert database_url(url, tmp_path) == "postgresql+psycopg://u@h/db"
     assert database_url(None, tmp_path) == f"sqlite:///{tmp_path / 'forge.db'}"
+
+
+def test_postgres_substring_search_is_served_by_trigram_indexes(postgres_url: str, tmp_path) -> None:  # noqa: ANN001
+    """Migration 0008: text and model filters (ILIKE '%...%') can use pg_trgm's GIN indexes, not only a scan."""
+    import sqlalchemy
+
+    from halo_registry.testing import _pg_schema_url
+
+    schema = f"trgm_{tmp_path.name[-12:].replace('-', '_')}".lower()
+    admin = sqlalchemy.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    store = RegistryStore.open(_pg_schema_url(postgres_url, schema), tmp_path)
+    statements: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ANN202
+        if statement.lstrip().startswith("SELECT runs.pk") and "ILIKE" in statement:
+            statements.append((statement, parameters))
+
+    try:
+        from halo_schemas.events import RunStarted
+
+        # one matching run, so the model search (counted from the facet counts) reads a page
+        store.apply_events([RunStarted(run_id="run-1", service="trainer-torch", seq=0, method="sft",
+                                       base_model="tiny-qwen", backend="cpu")])
+        sqlalchemy.event.listen(store.db.engine, "before_cursor_execute", capture)
+        store.search(RunSearch(text="name-42", limit=10))
+        store.search(RunSearch(model="qwen", sort="-duration_s", limit=10))
+        sqlalchemy.event.remove(store.db.engine, "before_cursor_execute", capture)
+        assert len(statements) == 2
+        with store.db.engine.connect() as conn:
+            # an empty table: with whole-table reads off the planner shows which index serves the filter
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql("SET enable_indexscan = off")
+            plans = ["\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + s, p)) for s, p in statements]
+        assert "ix_runs_run_id_trgm" in plans[0] and "ix_runs_name_trgm" in plans[0], plans[0]
+        assert "ix_runs_base_model_trgm" in plans[1], plans[1]
+    finally:
+        store.close()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
