@@ -97,7 +97,9 @@ def test_launch_sft_from_the_train_form_and_watch_the_curve_grow(stack: ProcessS
     log = page.get_by_test_id("event-log").inner_text()  # the event log's tail: progress lines, then the finish
     assert "progressed" in log and "loss=" in log and "step 40" in log and log.rstrip().endswith("succeeded")
     page.get_by_test_id("artifacts").wait_for(timeout=30_000)  # registry detail arrived: artifacts, evals, cost
-    assert run_status(stack, run_id) == "succeeded"
+    # the registry ingests the finish from the event stream on its own schedule: the page saw it first
+    wait_until(lambda: run_status(stack, run_id) == "succeeded", timeout=30, interval=0.2,
+               what="the registry to record the run as succeeded")
     run_log = page.get_by_test_id("run-log")  # the tail of the trainer's logs/train.log, fetched again at the finish
     wait_until(lambda: f"run {run_id}: attempt 1 ended succeeded" in run_log.inner_text(), timeout=30, interval=0.2,
                what="the Log card to show the trainer's end-of-attempt line")
