@@ -127,6 +127,8 @@ def test_grpo_spec_validation_names_the_problem() -> None:
         GRPOSpec.model_validate({**ok, "verifiers": []})
     with pytest.raises(ValidationError, match="pissa"):
         GRPOSpec.model_validate({**ok, "finetune": "pissa"})
+    with pytest.raises(ValidationError, match="torch_compile is not supported by RL recipes"):
+        GRPOSpec.model_validate({**ok, "torch_compile": True})
     with pytest.raises(ValidationError, match="lose_type"):
         GRPOSpec.model_validate({**ok, "lose_type": "dapo"})
 

@@ -260,3 +260,20 @@ def test_reward_model_with_lora_exports_a_loadable_verifier(pref_file: Path, tmp
     a = verifier.score("Tell me about the cow.", "Sure, the cow is lovely.")
     assert verifier.score("Tell me about the cow.", "Sure, the cow is lovely.", normalize=True) == pytest.approx(
         (a - verifier.mean) / verifier.std)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_the_same_model(sft_file: Path, tmp_path: Path) -> None:
+    """torch_compile runs the steps through inductor; the losses are those of the eager run."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    runs = {}
+    for compiled in (False, True):
+        s = run_job("sft", _spec(sft_file, finetune="full", max_steps=4, learning_rate=1e-3, torch_compile=compiled),
+                    tmp_path / f"r{int(compiled)}")
+        assert s.state == JobState.SUCCEEDED, s.failure_reason
+        runs[compiled] = [r["loss"] for r in RunDir(tmp_path / f"r{int(compiled)}").read_metrics() if "loss" in r]
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo compiled graphs (only in the compiled run)
+    assert len(runs[True]) == len(runs[False]) == 4
+    assert runs[True] == pytest.approx(runs[False], rel=2e-3)

@@ -136,6 +136,9 @@ class RLSpecBase(TrainSpecBase):
         if self.early_stopping is not None:
             raise ValueError("early_stopping watches the eval loss, which RL recipes do not compute; the held-out "
                              "reward is reported instead (eval_every_steps for GRPO)")
+        if self.torch_compile:
+            raise ValueError("torch_compile is not supported by RL recipes: the rollouts between steps run the "
+                             "same model in generation mode, which would recompile it every cycle")
         return self
 
 

@@ -63,6 +63,7 @@ def training_kwargs(ctx: JobContext) -> dict[str, Any]:
         "use_cpu": resolved.use_cpu,
         "activation_checkpointing": resolved.gradient_checkpointing,
         "activation_checkpointing_kwargs": {"use_reentrant": False} if resolved.gradient_checkpointing else None,
+        "torch_compile": spec.torch_compile,
         "dataloader_num_workers": 0,
         "ddp_find_unused_parameters": False,
         "save_only_model": False,
