@@ -28,7 +28,8 @@ What is measured (all through ``RegistryStore``, the code the RPC handlers call)
 The database is built directly (bulk inserts, which fire the registry's triggers like any write) after the
 registry's own migrations: SQLite in a temporary HALO_HOME (``--keep`` to leave it), PostgreSQL in a fresh
 schema of ``HALO_BENCH_POSTGRES_URL`` (default the local trust-auth ``test`` database), dropped afterwards, and
-``VACUUM ANALYZE``d after the bulk load as autovacuum would. The load average is recorded with every figure (shared
+``VACUUM ANALYZE``d after the bulk load as autovacuum would, then ``CHECKPOINT``ed (the timed queries do not race
+the checkpointer writing out the load). The load average is recorded with every figure (shared
 machines). Results go to ``benchmarks/results/registry.json`` (one entry per engine).
 """
 
@@ -159,6 +160,12 @@ def build(store: RegistryStore, n_runs: int, n_points: int, long_steps: int, see
         # trigger-kept count rows were each updated thousands of times by it)
         with store.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE")
+            # and the bulk load's dirty pages written out now, so the timed queries do not race the
+            # checkpointer flushing a gigabyte (steady state, as a registry is between bulk loads)
+            try:
+                conn.exec_driver_sql("CHECKPOINT")
+            except Exception as exc:  # needs superuser or pg_checkpoint: then measure without it
+                print(f"  (no CHECKPOINT: {str(exc).splitlines()[0]})", flush=True)
     return {"runs": n_runs, "points": total, "steps_per_short_run": steps_per_run, "long_runs": 8,
             "long_steps": long_steps, "tags": len(tags), "eval_results": len(evals)}
 
