@@ -109,6 +109,37 @@ def test_dpo_full_finetune_uses_a_frozen_reference_copy(pref_file: Path, tmp_pat
     assert rows[0]["reward_accuracy"] == 0.0 and rows[-1]["reward_accuracy"] >= 0.99
 
 
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_precomputed_reference_log_probs_train_the_same_run(finetune: str, pref_file: Path, tmp_path: Path) -> None:
+    """precompute_ref_log_probs moves the reference pass before training (adapter-off base for LoRA, the frozen
+    copy for full finetuning, released afterwards); every logged step matches the per-step reference's run."""
+    rows = {}
+    for precompute in (False, True):
+        run = tmp_path / f"r{int(precompute)}"
+        spec = _spec(pref_file, finetune=finetune, max_steps=6, epochs=2, learning_rate=1e-3, batch_size=4,
+                     precompute_ref_log_probs=precompute, eval_every_steps=3)
+        spec["data"]["eval_fraction"] = 0.25  # the eval split gets its reference log-probs too
+        s = run_job("dpo", spec, run)
+        assert s.state == JobState.SUCCEEDED, s.failure_reason
+        metrics = RunDir(run).read_metrics()
+        rows[precompute] = [(r["step"], r["loss"], r["reward_chosen"], r["reward_rejected"])
+                            for r in metrics if "reward_chosen" in r]
+        rows[precompute] += [(r["step"], r["eval_loss"], r["eval_reward_chosen"], r["eval_reward_rejected"])
+                             for r in metrics if "eval_reward_chosen" in r]
+    assert len(rows[True]) == len(rows[False]) >= 6 + 2  # 6 steps, evaluations at 3 and 6 (and the final one)
+    for a, b in zip(rows[True], rows[False], strict=True):
+        assert a[0] == b[0] and a[1:] == pytest.approx(b[1:], rel=1e-4, abs=1e-6)
+
+
+def test_precomputing_needs_a_reference() -> None:
+    from halo_schemas.training import DPOSpec
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="precompute_ref_log_probs needs a reference"):
+        DPOSpec.model_validate({"model": "m", "data": {"train": "d.jsonl"}, "reference_free": True,
+                                "precompute_ref_log_probs": True})
+
+
 def test_orpo_separates_chosen_from_rejected(pref_file: Path, tmp_path: Path) -> None:
     s = run_job("orpo", _spec(pref_file, finetune="lora", max_steps=12, learning_rate=1e-2, batch_size=8, beta=0.5),
                 tmp_path / "run")

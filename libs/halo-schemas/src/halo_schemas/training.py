@@ -285,6 +285,11 @@ class DPOSpec(PreferenceSpecBase):
         default=None,
         description="Reference model id or path. Default: the base model (adapters: the base with the adapter disabled).",
     )
+    precompute_ref_log_probs: bool = Field(
+        default=False, description="Compute the reference log-probs once, in a pass over the data before training, "
+        "instead of a reference forward every step (TRL's option of the same name): E epochs run one reference "
+        "pass instead of E, and a separate reference model (full finetuning, PiSSA, ref_model) is released before "
+        "training starts. For a single epoch the pass costs what the per-step forwards cost.")
 
     def model_refs(self) -> list[tuple[str, str]]:
         return super().model_refs() + ([("ref_model", self.ref_model)] if self.ref_model else [])
@@ -295,6 +300,8 @@ class DPOSpec(PreferenceSpecBase):
             raise ValueError("loss_type 'cdpo' needs label_smoothing > 0 (e.g. 0.1)")
         if self.reference_free and self.ref_model is not None:
             raise ValueError("reference_free and ref_model are mutually exclusive")
+        if self.reference_free and self.precompute_ref_log_probs:
+            raise ValueError("precompute_ref_log_probs needs a reference model; reference_free has none")
         return self
 
 

@@ -95,7 +95,8 @@ class SharedPromptCollator:
     Returns ``input_ids``, ``position_ids``, ``shift_labels`` (the token each position predicts, -100 where
     none is scored), ``sequence_index`` (which of the 2B sequences a scored position belongs to: chosen of
     pair k is k, rejected is B + k, as in a padded batch; -1 elsewhere), a boolean ``attention_mask`` of
-    shape (rows, 1, width, width) (True: may attend), ``num_pairs`` (an int) and ``num_real_tokens``.
+    shape (rows, 1, width, width) (True: may attend), ``num_pairs`` (an int) and ``num_real_tokens``; and
+    ``ref_chosen_logps`` / ``ref_rejected_logps`` (one per pair) when the examples carry them.
     ``row_capacity`` bounds a row's length (a longer pair gets a row of its own).
     """
 
@@ -130,10 +131,14 @@ class SharedPromptCollator:
             for j in range(at, width):  # the pad tail attends to itself only (a fully masked row would be NaN)
                 mask[r, 0, j, j] = True
                 position_ids[r, j] = j - at
-        return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask,
-                "shift_labels": shift_labels, "sequence_index": sequence_index,
-                "num_pairs": pairs,  # a Python int: sizing the output needs no device sync
-                "num_real_tokens": torch.tensor(sum(fill), dtype=torch.long)}
+        out = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask,
+               "shift_labels": shift_labels, "sequence_index": sequence_index,
+               "num_pairs": pairs,  # a Python int: sizing the output needs no device sync
+               "num_real_tokens": torch.tensor(sum(fill), dtype=torch.long)}
+        for key in ("ref_chosen_logps", "ref_rejected_logps"):  # precomputed reference log-probs, pair order
+            if key in examples[0]:
+                out[key] = torch.tensor([e[key] for e in examples], dtype=torch.float32)
+        return out
 
 
 def _pair_length(e: dict[str, Any]) -> int:

@@ -9,6 +9,10 @@ Batches use the shared-prompt layout (:class:`~.batching.SharedPromptCollator`: 
 padding) where the model's attention takes a custom mask (:func:`shared_prompt_unsupported` says when it
 cannot), TRL's padded preference batches otherwise; the log-probs are the same either way.
 
+With ``precompute_reference`` the reference log-probs are computed once, in a pass over each dataset before
+its first use, and ride along in the batches (TRL's ``precompute_ref_log_probs``): E epochs then run one
+reference pass instead of E, and a separate reference model is released after the pass.
+
 The reference model is, in order: none (reference-free DPO and ORPO), the policy with its adapter
 disabled (LoRA/DoRA/rsLoRA/QLoRA with no explicit reference), or a separate frozen model.
 """
@@ -68,7 +72,8 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
     def __init__(self, *, model: Any, args: Any, train_dataset: Any, eval_dataset: Any, tokenizer: Any,
                  objective: Objective, reference: str = "none", ref_model: Any = None,
                  callbacks: list[Any] | None = None, max_length: int | None = None,
-                 disable_dropout: bool = True, share_prompt: bool = True) -> None:
+                 disable_dropout: bool = True, share_prompt: bool = True,
+                 precompute_reference: bool = False) -> None:
         if reference not in ("none", "adapter", "model"):
             raise ValueError(f"unknown reference mode {reference!r}")
         if reference == "adapter" and not is_peft(model):
@@ -107,6 +112,7 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
                 p.requires_grad_(False)
             add_fused_lm_head(ref_model)
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self.precompute_reference = precompute_reference and reference != "none"
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     @property
@@ -116,7 +122,45 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
-            self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids"]
+            self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps",
+                                       "ref_rejected_logps"]
+
+    def get_train_dataloader(self) -> Any:
+        if self.precompute_reference and "ref_chosen_logps" not in self.train_dataset.column_names:
+            self.train_dataset = self._with_reference_logps(self.train_dataset)
+            if self.eval_dataset is not None and "ref_chosen_logps" not in self.eval_dataset.column_names:
+                self.eval_dataset = self._with_reference_logps(self.eval_dataset)
+            self.ref_model = None  # every log-prob it gives is in the datasets now: free its memory
+        return super().get_train_dataloader()
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        if self.precompute_reference and eval_dataset is None and self.eval_dataset is not None \
+                and "ref_chosen_logps" not in self.eval_dataset.column_names:
+            self.eval_dataset = self._with_reference_logps(self.eval_dataset)
+        return super().get_eval_dataloader(eval_dataset)
+
+    def _with_reference_logps(self, dataset: Any) -> Any:
+        """``dataset`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` columns from one pass of the reference."""
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]),
+                            batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator)
+        was_training = self.model.training
+        self.model.eval()
+        chosen: list[float] = []
+        rejected: list[float] = []
+        try:
+            for batch in loader:
+                batch.pop("num_real_tokens", None)
+                batch = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                with self._reference_context() as ref, self.compute_loss_context_manager():
+                    logps, _ = self._sequence_logps(ref, batch)
+                c, r = logps.float().chunk(2)
+                chosen += c.tolist()
+                rejected += r.tolist()
+        finally:
+            self.model.train(was_training)
+        return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
 
     def _sequence_logps(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed completion log-probs and completion lengths for the 2B sequences of the batch (chosen
@@ -161,7 +205,9 @@ class PreferenceTrainer(HaloTrainerMixin, Trainer):
         chosen_logps, rejected_logps = logps.chunk(2)
         chosen_len, rejected_len = lengths.chunk(2)
         ref_c = ref_r = None
-        if self.reference != "none":
+        if "ref_chosen_logps" in inputs:
+            ref_c, ref_r = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        elif self.reference != "none":
             with self._reference_context() as ref:
                 ref_logps, _ = self._sequence_logps(ref, inputs)
             ref_c, ref_r = ref_logps.chunk(2)

@@ -106,6 +106,7 @@ def train(ctx: JobContext) -> RecipeResult:
         model=model, args=TrainingArguments(**training_kwargs(ctx)), train_dataset=train_ds, eval_dataset=eval_ds,
         tokenizer=tok, objective=objective_for(spec), reference=mode, ref_model=ref, callbacks=[callback],
         disable_dropout=spec.disable_dropout, share_prompt=spec.share_prompt, max_length=spec.max_length,
+        precompute_reference=spec.precompute_ref_log_probs,
     )
 
     def extras(_t: Any, _e: dict[str, float]) -> dict[str, Any]:
@@ -114,8 +115,10 @@ def train(ctx: JobContext) -> RecipeResult:
 
     prompts = [len(x) for x in train_ds["prompt_ids"]]
     lengths = [p + len(x) for k in ("chosen_ids", "rejected_ids") for p, x in zip(prompts, train_ds[k], strict=True)]
+    # A precomputed reference runs once, outside the steps: its forward is not part of a step's model FLOPs.
+    reference_in_step = mode != "none" and not spec.precompute_ref_log_probs
     return train_and_export(ctx, trainer, callback, model, tok, before=before, extras=extras,
-                            attention_lengths=lengths, extra_forward_passes=0.0 if mode == "none" else 1.0)
+                            attention_lengths=lengths, extra_forward_passes=1.0 if reference_in_step else 0.0)
 
 
 def _last_logged(ctx: JobContext, keys: tuple[str, ...]) -> dict[str, float]:
