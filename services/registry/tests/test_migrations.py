@@ -119,7 +119,6 @@ def test_postgres_urls_use_psycopg(url: str, tmp_path) -> None:  # noqa: ANN001
 def test_postgres_substring_search_is_served_by_trigram_indexes(postgres_url: str, tmp_path) -> None:  # noqa: ANN001
     """Migration 0008: text and model filters (ILIKE '%...%') can use pg_trgm's GIN indexes, not only a scan."""
     import sqlalchemy
-
     from halo_registry.testing import _pg_schema_url
 
     schema = f"trgm_{tmp_path.name[-12:].replace('-', '_')}".lower()
