@@ -14,6 +14,7 @@ from typing import Any
 
 from halo_training.runs import JobContext, RecipeResult  # noqa: F401  (the recipes import them from here)
 
+from halo_trainer_torch.core.components import fused_head
 from halo_trainer_torch.core.components.hooks import HaloCallback, Reporter
 from halo_trainer_torch.core.components.model import is_peft, parameter_counts, save_pissa_init
 
@@ -243,6 +244,7 @@ def train_and_export(
     fingerprint = trainable_fingerprint(model)
     resume = str(ctx.resume_from) if ctx.resume_from else None
     prober = _add_probe(ctx, trainer, callback)
+    fused_head.score_trained_positions_only()
     trainer.train(resume_from_checkpoint=resume)
     _barrier()
     if is_main_process():
