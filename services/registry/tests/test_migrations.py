@@ -49,7 +49,7 @@ def test_first_migration_upgrades_to_head_with_data_intact(registry_db: Registry
     assert "metric_stats" not in inspect(engine).get_table_names()
 
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == migrate.head_revision() == "0008"
+    assert migrate.current_revision(engine) == migrate.head_revision() == "0009"
     with engine.connect() as conn:  # 0003 backfilled the 64-step rollup blocks from the points
         rollups = conn.execute(text(
             "SELECT r.run_id, n.name, m.bucket, m.n, m.vsum, m.vmin, m.vmax, m.first_step FROM metric_rollups m "
@@ -140,7 +140,8 @@ def test_postgres_substring_search_is_served_by_trigram_indexes(postgres_url: st
                                        base_model="tiny-qwen", backend="cpu")])
         sqlalchemy.event.listen(store.db.engine, "before_cursor_execute", capture)
         store.search(RunSearch(text="name-42", limit=10))
-        store.search(RunSearch(model="qwen", sort="-duration_s", limit=10))
+        # not countable (a search the facet counts answer matches the models they name, by equality)
+        store.search(RunSearch(model="qwen", has_eval=False, sort="-duration_s", limit=10))
         sqlalchemy.event.remove(store.db.engine, "before_cursor_execute", capture)
         assert len(statements) == 2
         with store.db.engine.connect() as conn:
@@ -150,6 +151,29 @@ def test_postgres_substring_search_is_served_by_trigram_indexes(postgres_url: st
             plans = ["\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + s, p)) for s, p in statements]
         assert "ix_runs_run_id_trgm" in plans[0] and "ix_runs_name_trgm" in plans[0], plans[0]
         assert "ix_runs_base_model_trgm" in plans[1], plans[1]
+    finally:
+        store.close()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+def test_postgres_metric_sorts_have_covering_indexes(postgres_url: str, tmp_path) -> None:  # noqa: ANN001
+    """Migration 0009: run keys by method and metric values by run are in PostgreSQL indexes (index-only reads)."""
+    import sqlalchemy
+    from halo_registry.testing import _pg_schema_url
+
+    schema = f"cover_{tmp_path.name[-12:].replace('-', '_')}".lower()
+    admin = sqlalchemy.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    store = RegistryStore.open(_pg_schema_url(postgres_url, schema), tmp_path)
+    try:
+        with store.db.engine.connect() as conn:
+            defs = dict(conn.exec_driver_sql(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()").all())
+        assert "(method, pk) INCLUDE (run_id)" in defs["ix_runs_method_pk"]
+        assert "(run_pk, name_id) INCLUDE (last_value)" in defs["ix_metric_stats_value"]
     finally:
         store.close()
         with admin.begin() as conn:
