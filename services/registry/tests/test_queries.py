@@ -368,6 +368,27 @@ def test_facet_counts_match_a_scan(populated: RegistryStore) -> None:
                                                                                       "failed": 1}
 
 
+def test_a_substring_matching_many_models_stays_a_substring_match(populated: RegistryStore,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted searches filter by the list of matching models, up to MODEL_LIST_MAX of them; beyond, by the
+    substring itself: the same pages, totals and facets either way."""
+    from halo_registry.core import queries
+
+    reqs = [RunSearch(model="qwen", facets=True), RunSearch(model="QWEN2-1", tag=["big"], facets=True)]
+    listed = [populated.search(r) for r in reqs]
+    monkeypatch.setattr(queries, "MODEL_LIST_MAX", 1)  # "qwen" matches two models, "qwen2-1" one
+    statements: list[str] = []
+    sqlalchemy.event.listen(populated.db.engine, "before_cursor_execute",
+                            lambda _c, _cur, statement, *_a: statements.append(statement))
+    for req, want in zip(reqs, listed, strict=True):
+        got = populated.search(req)
+        assert (ids(got), got.total, got.facets) == (ids(want), want.total, want.facets), req
+        total, facets = _scan_facets(populated, req)
+        assert got.total == total and {k: [(c.value, c.count) for c in v] for k, v in got.facets.items()} == facets
+    pages = [s for s in statements if s.lstrip().startswith("SELECT runs.pk")]
+    assert "LIKE" in pages[0] and "LIKE" not in pages[1]  # two models: the substring; one: the list
+
+
 def test_pages_planned_from_the_counts_match_the_plain_query(populated: RegistryStore) -> None:
     """Countable newest/oldest-first searches plan their page from the exact counts (walk the created_at
     index, or read through a filter's index, or scan, or skip a page past the end); every plan gives the

@@ -239,7 +239,8 @@ def search(db: Database, conn: Connection, req: RunSearch) -> RunsPage:
     field = req.sort.lstrip("+-")
     substring = bool(req.text or req.model)
     # Total and facets of what a dashboard's facet clicks produce come from the trigger-kept counts,
-    # before the page: the exact number of matching rows also plans the page's query (SQLite).
+    # before the page: the exact number of matching rows also plans the page's query (SQLite; a tagged
+    # page on PostgreSQL).
     counted = _counted(db, conn, req) if _countable(req) else None
     by_keys = False
     if counted is not None and field == "created_at":
@@ -251,7 +252,7 @@ def search(db: Database, conn: Connection, req: RunSearch) -> RunsPage:
         # tag filter already narrows the rows through the tag index.
         t = _runs(db, substring or (not field.startswith("created_at") and not req.tag))
     conds = _conditions(db, t, req)
-    if counted is not None and counted.models is not None:
+    if counted is not None and _listable(counted.models):
         # The models the substring matches, as an IN list: a hash probe per run instead of a case-insensitive
         # substring match (and an index PostgreSQL can use).
         conds["base_model"] = [t.c.base_model.in_(counted.models)]
@@ -364,14 +365,22 @@ def _counted(db: Database, conn: Connection, req: RunSearch) -> _Counts:
     # Without a model filter the tag facet sums the counts without base models (~10x fewer rows); with one,
     # an IN list of the matching models, cheaper than the substring match on every tag row.
     tf = run_facet_counts if req.model else run_tag_facet_counts
-    tconds = _conditions(db, tf, req.model_copy(update={"tag": [], "model": None}))
-    if models is not None:
+    tconds = _conditions(db, tf, req.model_copy(update={"tag": []}))
+    if _listable(models):
         tconds["base_model"] = [tf.c.base_model.in_(models)]
     n = func.sum(tf.c.n).label("n")
     tq = (select(tf.c.tag, n).where(tf.c.tag != "", _all(tconds)).group_by(tf.c.tag).having(n > 0)
           .order_by(n.desc(), tf.c.tag).limit(FACET_LIMIT))
     out["tag"] = [FacetCount(value=tag, count=int(c)) for tag, c in conn.execute(tq)]
     return _Counts(total, out, everything, models)
+
+
+#: Above this many matching base models the substring match stays (bind parameters are limited).
+MODEL_LIST_MAX = 1000
+
+
+def _listable(models: list[str] | None) -> bool:
+    return models is not None and len(models) <= MODEL_LIST_MAX
 
 
 def _matching_models(db: Database, conn: Connection, req: RunSearch, rows: Sequence[Row[Any]]) -> list[str] | None:
