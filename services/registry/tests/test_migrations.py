@@ -3,13 +3,15 @@ tables the queries use match what the migrations build; the round trip down and 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from halo_registry.core import migrate
 from halo_registry.core.db import database_url, make_engine, metadata, open_database
 from halo_registry.core.store import RegistryStore
-from halo_registry.testing import RegistryDb
+from halo_registry.testing import RegistryDb, postgres_schema
 from halo_schemas.registry import RunCostRequest, RunMetricsRequest, RunSearch
 from sqlalchemy import inspect, text
 
@@ -116,66 +118,51 @@ def test_postgres_urls_use_psycopg(url: str, tmp_path) -> None:  # noqa: ANN001
     assert database_url(None, tmp_path) == f"sqlite:///{tmp_path / 'forge.db'}"
 
 
-def test_postgres_substring_search_is_served_by_trigram_indexes(postgres_url: str, tmp_path) -> None:  # noqa: ANN001
+@pytest.fixture
+def pg_store(postgres_url: str, tmp_path: Path) -> Iterator[RegistryStore]:
+    """A registry on PostgreSQL only (for what only PostgreSQL has), migrated to head."""
+    with postgres_schema(postgres_url) as url:
+        store = RegistryStore.open(url, tmp_path)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def test_postgres_substring_search_is_served_by_trigram_indexes(pg_store: RegistryStore) -> None:
     """Migration 0008: text and model filters (ILIKE '%...%') can use pg_trgm's GIN indexes, not only a scan."""
     import sqlalchemy
-    from halo_registry.testing import _pg_schema_url
+    from halo_schemas.events import RunStarted
 
-    schema = f"trgm_{tmp_path.name[-12:].replace('-', '_')}".lower()
-    admin = sqlalchemy.create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    store = RegistryStore.open(_pg_schema_url(postgres_url, schema), tmp_path)
+    store = pg_store
     statements: list[tuple[str, object]] = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ANN202
         if statement.lstrip().startswith("SELECT runs.pk") and "ILIKE" in statement:
             statements.append((statement, parameters))
 
-    try:
-        from halo_schemas.events import RunStarted
-
-        # one matching run, so the model search (counted from the facet counts) reads a page
-        store.apply_events([RunStarted(run_id="run-1", service="trainer-torch", seq=0, method="sft",
-                                       base_model="tiny-qwen", backend="cpu")])
-        sqlalchemy.event.listen(store.db.engine, "before_cursor_execute", capture)
-        store.search(RunSearch(text="name-42", limit=10))
-        # not countable (a search the facet counts answer matches the models they name, by equality)
-        store.search(RunSearch(model="qwen", has_eval=False, sort="-duration_s", limit=10))
-        sqlalchemy.event.remove(store.db.engine, "before_cursor_execute", capture)
-        assert len(statements) == 2
-        with store.db.engine.connect() as conn:
-            # an empty table: with whole-table reads off the planner shows which index serves the filter
-            conn.exec_driver_sql("SET enable_seqscan = off")
-            conn.exec_driver_sql("SET enable_indexscan = off")
-            plans = ["\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + s, p)) for s, p in statements]
-        assert "ix_runs_run_id_trgm" in plans[0] and "ix_runs_name_trgm" in plans[0], plans[0]
-        assert "ix_runs_base_model_trgm" in plans[1], plans[1]
-    finally:
-        store.close()
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
+    # one matching run, so the model search (counted from the facet counts) reads a page
+    store.apply_events([RunStarted(run_id="run-1", service="trainer-torch", seq=0, method="sft",
+                                   base_model="tiny-qwen", backend="cpu")])
+    sqlalchemy.event.listen(store.db.engine, "before_cursor_execute", capture)
+    store.search(RunSearch(text="name-42", limit=10))
+    # not countable (a search the facet counts answer matches the models they name, by equality)
+    store.search(RunSearch(model="qwen", has_eval=False, sort="-duration_s", limit=10))
+    sqlalchemy.event.remove(store.db.engine, "before_cursor_execute", capture)
+    assert len(statements) == 2
+    with store.db.engine.connect() as conn:
+        # an empty table: with whole-table reads off the planner shows which index serves the filter
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        conn.exec_driver_sql("SET enable_indexscan = off")
+        plans = ["\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + s, p)) for s, p in statements]
+    assert "ix_runs_run_id_trgm" in plans[0] and "ix_runs_name_trgm" in plans[0], plans[0]
+    assert "ix_runs_base_model_trgm" in plans[1], plans[1]
 
 
-def test_postgres_metric_sorts_have_covering_indexes(postgres_url: str, tmp_path) -> None:  # noqa: ANN001
+def test_postgres_metric_sorts_have_covering_indexes(pg_store: RegistryStore) -> None:
     """Migration 0009: run keys by method and metric values by run are in PostgreSQL indexes (index-only reads)."""
-    import sqlalchemy
-    from halo_registry.testing import _pg_schema_url
-
-    schema = f"cover_{tmp_path.name[-12:].replace('-', '_')}".lower()
-    admin = sqlalchemy.create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    store = RegistryStore.open(_pg_schema_url(postgres_url, schema), tmp_path)
-    try:
-        with store.db.engine.connect() as conn:
-            defs = dict(conn.exec_driver_sql(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()").all())
-        assert "(method, pk) INCLUDE (run_id)" in defs["ix_runs_method_pk"]
-        assert "(run_pk, name_id) INCLUDE (last_value)" in defs["ix_metric_stats_value"]
-    finally:
-        store.close()
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
+    with pg_store.db.engine.connect() as conn:
+        defs = dict(conn.exec_driver_sql(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()").all())
+    assert "(method, pk) INCLUDE (run_id)" in defs["ix_runs_method_pk"]
+    assert "(run_pk, name_id) INCLUDE (last_value)" in defs["ix_metric_stats_value"]

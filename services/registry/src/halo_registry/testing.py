@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from halo_testing import T0, RunEmitter, loss_at
 
-__all__ = ["T0", "RegistryDb", "RunEmitter", "loss_at", "registry_db"]
+__all__ = ["T0", "RegistryDb", "RunEmitter", "loss_at", "postgres_schema", "registry_db"]
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,21 @@ def registry_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Regi
     if request.param == "sqlite":
         yield RegistryDb("sqlite", None, home)
         return
+    with postgres_schema(request.getfixturevalue("postgres_url")) as url:
+        yield RegistryDb("postgres", url, home)
+
+
+@contextlib.contextmanager
+def postgres_schema(base: str) -> Iterator[str]:
+    """A fresh schema on the PostgreSQL at ``base``, dropped afterwards: yields a URL that selects it."""
     import sqlalchemy
 
-    base: str = request.getfixturevalue("postgres_url")
     schema = f"reg_{uuid.uuid4().hex[:16]}"
     admin = sqlalchemy.create_engine(base)
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     try:
-        yield RegistryDb("postgres", _pg_schema_url(base, schema), home)
+        yield _pg_schema_url(base, schema)
     finally:
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
