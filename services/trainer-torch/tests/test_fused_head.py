@@ -14,8 +14,10 @@ from trl.trainer.utils import add_fused_lm_head
 
 @pytest.fixture
 def trl_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Restore TRL's own compaction choice after the test (the switch is process-wide)."""
-    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)
+    """TRL's own compaction choice for the test, whatever ran before in this process (the switch is
+    process-wide: any recipe test turns it on), and the switch as it was afterwards."""
+    current = trl_utils._use_triton
+    monkeypatch.setattr(trl_utils, "_use_triton", getattr(current, "triton_choice", current))
 
 
 def _scored_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:

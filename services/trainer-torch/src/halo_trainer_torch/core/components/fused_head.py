@@ -38,8 +38,8 @@ def score_trained_positions_only() -> bool:
     if current is None:
         log.debug("trl.trainer.utils has no _use_triton: the fused LM head keeps TRL's own choice")
         return False
-    if getattr(current, "halo_compacts_eager_devices", False):
-        return True
+    if hasattr(current, "triton_choice"):
+        return True  # already switched
     triton_choice = current
 
     def compact_positions(device: Any) -> bool:
@@ -47,6 +47,6 @@ def score_trained_positions_only() -> bool:
             return True
         return device.type in EAGER_DEVICE_TYPES and not torch.compiler.is_compiling()
 
-    compact_positions.halo_compacts_eager_devices = True  # type: ignore[attr-defined]
+    compact_positions.triton_choice = triton_choice  # type: ignore[attr-defined]  (TRL's own, kept for tests)
     trl_utils._use_triton = compact_positions
     return True
